@@ -1,0 +1,32 @@
+# Two commands do all set-up on a fresh machine:  `make run`  and  `make test`.
+# A virtual environment is created in .venv; torch is the CPU wheel 2.13.0
+# (a bare `torch` would pull a multi-GB CUDA build on this kind of machine).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: setup run test bench info clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+run: setup
+	$(PY) recipes/uni_mlip_roco.py $(ARGS)
+
+test: setup
+	$(PY) -m pytest -q $(ARGS)
+
+bench: setup
+	$(PY) benchmarks/bench_contrastive.py $(ARGS)
+
+info: setup
+	$(PY) -m unimlip_kit.info
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

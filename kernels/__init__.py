@@ -1,0 +1,9 @@
+"""Fused Triton kernels, installed as ``unimlip_kit.kernels`` (never as a top-level ``kernels``).
+
+Nothing here imports Triton at package import time: each kernel module is
+imported by :mod:`unimlip_kit.backends` only when its backend is chosen.
+"""
+
+from unimlip_kit.backends import is_triton_available, triton_interpret_enabled
+
+__all__ = ["is_triton_available", "triton_interpret_enabled"]

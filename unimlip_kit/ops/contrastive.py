@@ -1,0 +1,52 @@
+"""The public functional op under every contrastive loss: row/column log-sum-exp of scaled similarities.
+
+Layering (see docs/ARCHITECTURE.md): kernels (``unimlip_kit.kernels``, Triton)
+and the pure-PyTorch tiled autograd Function (``ops.tiled``) implement it;
+this module validates inputs and dispatches through :mod:`unimlip_kit.backends`;
+the losses in :mod:`unimlip_kit.losses` assemble InfoNCE from it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from unimlip_kit.backends import resolve_backend
+from unimlip_kit.utils.checks import as_scale_tensor, check_paired
+
+__all__ = ["contrastive_lse"]
+
+
+def contrastive_lse(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    logit_scale: float | torch.Tensor,
+    *,
+    exclude_diagonal: bool = False,
+    need_cols: bool = True,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    r"""Row and column log-sum-exp of :math:`L = s\,A B^\top` for A (M, D), B (N, D).
+
+    .. math::
+        \mathrm{row}_i = \log \sum_{j} e^{L_{ij}}, \qquad
+        \mathrm{col}_j = \log \sum_{i} e^{L_{ij}}
+
+    (``exclude_diagonal`` drops :math:`i=j`; ``need_cols=False`` skips the
+    columns). Differentiable in A, B and a tensor ``logit_scale``. Results are
+    float32 (float64 for float64 inputs). ``backend``: ``None`` (best that can
+    run), ``"tiled"``, ``"triton"`` or ``"reference"`` (materialises L).
+
+    Example:
+        >>> a = torch.randn(6, 4); b = torch.randn(6, 4)
+        >>> rows, cols = contrastive_lse(a, b, 10.0)
+        >>> rows.shape, cols.shape
+        (torch.Size([6]), torch.Size([6]))
+        >>> torch.allclose(rows, torch.logsumexp(10 * a @ b.T, 1), atol=1e-4)
+        True
+    """
+    check_paired(a, b, ("a", "b"), same_batch=False)
+    if exclude_diagonal and a.shape[0] != b.shape[0]:
+        raise ValueError(f"exclude_diagonal needs a square problem, got a {tuple(a.shape)} and b {tuple(b.shape)}")
+    scale = as_scale_tensor(logit_scale, a)
+    _, impl = resolve_backend("contrastive_lse", backend, a.device, a.dtype)
+    return impl(a, b, scale, exclude_diagonal, need_cols)

@@ -1,0 +1,134 @@
+"""Input validation shared by every public op.
+
+Each check raises :class:`ValueError` (or :class:`TypeError` for a non-tensor)
+whose message names the argument, the problem and the shapes involved, so a
+user sees *what* is wrong before any kernel runs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+__all__ = [
+    "check_embeddings",
+    "check_finite",
+    "check_paired",
+    "check_positive",
+    "as_scale_tensor",
+]
+
+
+def check_finite(x: torch.Tensor, name: str) -> None:
+    """Raise ``ValueError`` if ``x`` holds NaN or infinity.
+
+    Example:
+        >>> check_finite(torch.ones(2, 3), "image_emb")
+        >>> check_finite(torch.tensor([1.0, float("nan")]), "image_emb")
+        Traceback (most recent call last):
+        ...
+        ValueError: image_emb contains NaN or infinite values (shape (2,))
+    """
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or infinite values (shape {tuple(x.shape)})")
+
+
+def check_embeddings(x: torch.Tensor, name: str, *, finite: bool = True) -> None:
+    """Check that ``x`` is a non-empty floating (N, D) tensor.
+
+    Example:
+        >>> check_embeddings(torch.zeros(4, 8), "z1")
+        >>> check_embeddings(torch.zeros(4), "z1")
+        Traceback (most recent call last):
+        ...
+        ValueError: z1 must be a 2-D (N, D) tensor, got ndim=1 with shape (4,)
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (N, D) tensor, got ndim={x.ndim} with shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch: shape {tuple(x.shape)}")
+    if x.shape[1] == 0:
+        raise ValueError(f"{name} has embedding dimension 0: shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must have a floating dtype, got {x.dtype}")
+    if finite:
+        check_finite(x, name)
+
+
+def check_paired(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    names: Sequence[str] = ("a", "b"),
+    *,
+    same_batch: bool = True,
+) -> None:
+    """Check two embedding batches: each valid, same D, same device and dtype, same N if paired.
+
+    Example:
+        >>> check_paired(torch.zeros(3, 4), torch.zeros(2, 4), ("image_emb", "text_emb"))
+        Traceback (most recent call last):
+        ...
+        ValueError: image_emb and text_emb must have the same batch size N, got shapes (3, 4) and (2, 4)
+    """
+    na, nb = names
+    check_embeddings(a, na)
+    check_embeddings(b, nb)
+    if same_batch and a.shape[0] != b.shape[0]:
+        raise ValueError(
+            f"{na} and {nb} must have the same batch size N, got shapes {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(
+            f"{na} and {nb} must have the same embedding dimension D, got shapes {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+    if a.device != b.device:
+        raise ValueError(f"{na} and {nb} must be on the same device, got {a.device} and {b.device}")
+    if a.dtype != b.dtype:
+        raise ValueError(f"{na} and {nb} must have the same dtype, got {a.dtype} and {b.dtype}")
+
+
+def check_positive(value: float, name: str) -> float:
+    """Return ``value`` as float if it is finite and > 0, else raise ``ValueError``.
+
+    Example:
+        >>> check_positive(0.07, "temperature")
+        0.07
+        >>> check_positive(0.0, "temperature")
+        Traceback (most recent call last):
+        ...
+        ValueError: temperature must be a finite number > 0, got 0.0
+    """
+    v = float(value)
+    if not math.isfinite(v) or v <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value}")
+    return v
+
+
+def as_scale_tensor(scale: float | torch.Tensor, like: torch.Tensor, name: str = "logit_scale") -> torch.Tensor:
+    """Return a 0-dim tensor on ``like``'s device for a float or 0-dim tensor multiplier.
+
+    A tensor keeps its autograd graph (so a learnable scale receives its
+    gradient); a Python number becomes a constant.
+
+    Example:
+        >>> as_scale_tensor(10.0, torch.zeros(2, 2))
+        tensor(10.)
+        >>> as_scale_tensor(torch.ones(2), torch.zeros(2, 2))
+        Traceback (most recent call last):
+        ...
+        ValueError: logit_scale must be a number or a 0-dim tensor, got shape (2,)
+    """
+    if isinstance(scale, torch.Tensor):
+        if scale.numel() != 1 or scale.ndim > 1:
+            raise ValueError(f"{name} must be a number or a 0-dim tensor, got shape {tuple(scale.shape)}")
+        s = scale.reshape(())
+        if not bool(torch.isfinite(s.detach())) or float(s.detach()) <= 0:
+            raise ValueError(f"{name} must be finite and > 0, got {float(s.detach())}")
+        return s.to(like.device)
+    check_positive(scale, name)
+    dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+    return torch.tensor(float(scale), dtype=dtype, device=like.device)

@@ -1,0 +1,127 @@
+"""File helpers used everywhere results or checkpoints are written.
+
+Writes are atomic (temporary file in the same folder, fsync, rename), so a run
+killed mid-write never leaves a truncated checkpoint, JSON or chart.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+__all__ = ["atomic_write", "git_commit", "load_json", "run_metadata", "save_json"]
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write ``data`` to ``path`` atomically (parents created); returns the path.
+
+    Example:
+        >>> import tempfile, os
+        >>> p = atomic_write(os.path.join(tempfile.mkdtemp(), "a", "x.txt"), "hi")
+        >>> p.read_text()
+        'hi'
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(raw)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def save_json(path: str | os.PathLike, obj: Any, *, indent: int = 2) -> Path:
+    """Atomically write ``obj`` as JSON (sorted keys, trailing newline).
+
+    Example:
+        >>> import tempfile, os
+        >>> p = save_json(os.path.join(tempfile.mkdtemp(), "r.json"), {"b": 1, "a": [1.5]})
+        >>> load_json(p)
+        {'a': [1.5], 'b': 1}
+    """
+    return atomic_write(path, json.dumps(obj, indent=indent, sort_keys=True, default=_default) + "\n")
+
+
+def load_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file.
+
+    Example:
+        >>> import tempfile, os
+        >>> load_json(save_json(os.path.join(tempfile.mkdtemp(), "r.json"), [1]))
+        [1]
+    """
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def _default(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
+    """The current git commit of ``cwd`` (or this file's checkout), or ``None`` outside git.
+
+    Example:
+        >>> c = git_commit()
+        >>> c is None or len(c) == 40
+        True
+    """
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=cwd or Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def run_metadata() -> dict[str, Any]:
+    """Provenance for a result file: time, commit, versions, CPU and device.
+
+    Example:
+        >>> m = run_metadata()
+        >>> sorted(k for k in m if k in ("torch", "python", "device"))
+        ['device', 'python', 'torch']
+    """
+    import torch
+
+    meta: dict[str, Any] = {
+        "time_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "commit": git_commit(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+    }
+    try:
+        import triton  # noqa: F401
+
+        meta["triton"] = triton.__version__
+    except ImportError:
+        meta["triton"] = None
+    return meta
