@@ -1,0 +1,85 @@
+r"""Zero-shot classification from class prompts (CLIP, Radford et al. 2021, arXiv 2103.00020, §3.1.4).
+
+Each class ``c`` becomes the prompts ``template.format(name_c)`` for every template;
+their text embeddings are L2-normalised, averaged and normalised again (CLIP's
+prompt ensembling) into the class weight :math:`w_c`. An image with embedding
+:math:`\hat a` is assigned :math:`\arg\max_c \hat a \cdot w_c`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from unimlip_kit.eval.classification import classification_metrics
+from unimlip_kit.utils.checks import check_embeddings
+
+__all__ = ["DEFAULT_TEMPLATES", "zero_shot_classifier", "zero_shot_evaluate", "zero_shot_logits"]
+
+#: Radiology-style prompt templates (``{}`` is replaced by the class name).
+DEFAULT_TEMPLATES: tuple[str, ...] = (
+    "{}",
+    "an image of {}",
+    "a radiology image showing {}",
+    "a medical scan with {}",
+    "this study shows {}",
+)
+
+
+def zero_shot_classifier(
+    encode_text: Callable[[list[str]], torch.Tensor],
+    class_names: Sequence[str],
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+) -> torch.Tensor:
+    """(C, D) unit class weights: the normalised mean of each class's normalised prompt embeddings.
+
+    ``encode_text`` maps a list of strings to an (n, D) tensor (e.g. tokenizer +
+    :meth:`UniMlipModel.encode_text`); it is called once with all C·T prompts.
+
+    Example:
+        >>> table = {"a": [1.0, 0.0], "an image of a": [1.0, 0.2], "b": [0.0, 1.0], "an image of b": [0.0, 1.0]}
+        >>> w = zero_shot_classifier(lambda xs: torch.tensor([table[x] for x in xs]), ["a", "b"], ["{}", "an image of {}"])
+        >>> w.shape, bool(torch.allclose(w.norm(dim=1), torch.ones(2)))
+        (torch.Size([2, 2]), True)
+    """
+    names, temps = list(class_names), list(templates)
+    if not names:
+        raise ValueError("class_names is empty")
+    if not temps or any("{}" not in t for t in temps):
+        raise ValueError(f"templates must be non-empty and each contain '{{}}', got {temps}")
+    prompts = [t.format(n) for n in names for t in temps]
+    emb = encode_text(prompts)
+    if not isinstance(emb, torch.Tensor) or emb.ndim != 2 or emb.shape[0] != len(prompts):
+        got = tuple(emb.shape) if isinstance(emb, torch.Tensor) else type(emb).__name__
+        raise ValueError(f"encode_text must return a ({len(prompts)}, D) tensor for {len(prompts)} prompts, got {got}")
+    emb = F.normalize(emb.float(), dim=-1).view(len(names), len(temps), -1).mean(1)
+    return F.normalize(emb, dim=-1)
+
+
+def zero_shot_logits(image_emb: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
+    """(N, C) cosine similarities between normalised image embeddings and class weights.
+
+    Example:
+        >>> zero_shot_logits(torch.tensor([[2.0, 0.0]]), torch.eye(2)).tolist()
+        [[1.0, 0.0]]
+    """
+    check_embeddings(image_emb, "image_emb")
+    check_embeddings(classifier, "classifier")
+    if image_emb.shape[1] != classifier.shape[1]:
+        raise ValueError(
+            f"image_emb and classifier must share D, got shapes {tuple(image_emb.shape)} and {tuple(classifier.shape)}"
+        )
+    return F.normalize(image_emb.float(), dim=-1) @ classifier.to(image_emb.device).float().T
+
+
+def zero_shot_evaluate(image_emb: torch.Tensor, labels: torch.Tensor, classifier: torch.Tensor) -> dict[str, float]:
+    """Zero-shot accuracy and balanced accuracy of ``argmax`` over :func:`zero_shot_logits`.
+
+    Example:
+        >>> zero_shot_evaluate(torch.tensor([[1.0, 0.1], [0.2, 1.0], [1.0, 0.0]]), torch.tensor([0, 1, 1]), torch.eye(2))
+        {'accuracy': 0.6666666666666666, 'balanced_accuracy': 0.75, 'n': 3}
+    """
+    pred = zero_shot_logits(image_emb, classifier).argmax(1).cpu()
+    return classification_metrics(pred, torch.as_tensor(labels).cpu(), classifier.shape[0])
