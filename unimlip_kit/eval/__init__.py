@@ -3,18 +3,32 @@
 from unimlip_kit.eval.classification import classification_metrics
 from unimlip_kit.eval.linear_probe import DEFAULT_L2_GRID, LinearProbe, linear_probe_evaluate
 from unimlip_kit.eval.retrieval import DEFAULT_CHUNK_SIZE, retrieval_metrics, retrieval_ranks, summarize_ranks
+from unimlip_kit.eval.vqa import AnswerVocab, VQAClassifier, VQADataset, evaluate_vqa, train_vqa, vqa_accuracy
+from unimlip_kit.eval.vqa_data import VQASample, answer_type_of, normalize_answer, read_slake, read_vqa_json, read_vqa_rad
 from unimlip_kit.eval.zero_shot import DEFAULT_TEMPLATES, zero_shot_classifier, zero_shot_evaluate, zero_shot_logits
 
 __all__ = [
+    "AnswerVocab",
     "DEFAULT_CHUNK_SIZE",
     "DEFAULT_L2_GRID",
     "DEFAULT_TEMPLATES",
     "LinearProbe",
+    "VQAClassifier",
+    "VQADataset",
+    "VQASample",
+    "answer_type_of",
     "classification_metrics",
+    "evaluate_vqa",
     "linear_probe_evaluate",
+    "normalize_answer",
+    "read_slake",
+    "read_vqa_json",
+    "read_vqa_rad",
     "retrieval_metrics",
     "retrieval_ranks",
     "summarize_ranks",
+    "train_vqa",
+    "vqa_accuracy",
     "zero_shot_classifier",
     "zero_shot_evaluate",
     "zero_shot_logits",
