@@ -1,0 +1,133 @@
+"""Conservative random resized crop: keep most of the image (scale >= 0.7 by default).
+
+Crops and heavy zoom can remove the finding (MoCo-CXR; PMC-CLIP uses scale
+0.9-1.0), so the default area fraction is ``U(0.7, 1.0)`` and the aspect ratio
+stays near 1. Each sample draws ``s ~ U(scale)``, ``log r ~ U(log ratio)`` and a
+position ``(t_x, t_y) ~ U(0, 1)^2``; the crop is ``w = W sqrt(s r)``,
+``h = H sqrt(s / r)`` (clipped to the image), at ``x0 = t_x (W - w)``,
+``y0 = t_y (H - h)``, resampled by one batched ``warp_affine`` to ``size``
+(default: the input size). The ``(B, 3, 3)`` matrix is kept as
+``transform_matrix`` so masks, boxes and a second view can replay it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from kornia.augmentation import GeometricAugmentationBase2D
+from kornia.augmentation.random_generator import PlainUniformGenerator
+from kornia.geometry.transform import warp_affine
+
+from unimlip_kit.augment.seeded import SeededMixin
+
+__all__ = ["ConservativeResizedCrop"]
+
+
+class ConservativeResizedCrop(SeededMixin, GeometricAugmentationBase2D):
+    """Random resized crop with a conservative area ``scale`` and near-square ``ratio``.
+
+    Args:
+        size: output ``(H, W)``; ``None`` keeps the input size.
+        scale: area fraction range, default ``(0.7, 1.0)``.
+        ratio: aspect ratio (w/h) range, sampled log-uniformly.
+        p: probability; skipped samples are only resized to ``size``.
+        generator: ``int`` seed, ``torch.Generator`` or ``None`` (global RNG).
+
+    Example:
+        >>> aug = ConservativeResizedCrop(size=(32, 32), generator=0)
+        >>> aug(torch.rand(4, 1, 64, 48)).shape
+        torch.Size([4, 1, 32, 32])
+        >>> x = torch.rand(2, 1, 16, 16)
+        >>> torch.allclose(ConservativeResizedCrop(scale=(1.0, 1.0), ratio=(1.0, 1.0))(x), x, atol=1e-5)
+        True
+    """
+
+    def __init__(
+        self,
+        size: Optional[Tuple[int, int]] = None,
+        scale: Tuple[float, float] = (0.7, 1.0),
+        ratio: Tuple[float, float] = (0.9, 1.0 / 0.9),
+        *,
+        mode: str = "bilinear",
+        p: float = 1.0,
+        same_on_batch: bool = False,
+        keepdim: bool = False,
+        generator: int | torch.Generator | None = None,
+    ) -> None:
+        super().__init__(p=p, same_on_batch=same_on_batch, keepdim=keepdim)
+        s0, s1 = (float(s) for s in scale)
+        r0, r1 = (float(r) for r in ratio)
+        if not 0 < s0 <= s1 <= 1 or not 0 < r0 <= r1:
+            raise ValueError(f"need 0 < scale[0] <= scale[1] <= 1 and 0 < ratio[0] <= ratio[1], got {scale!r}, {ratio!r}")
+        if size is not None and (len(size) != 2 or min(size) < 1):
+            raise ValueError(f"size must be None or (H, W) with H, W >= 1, got {size!r}")
+        self.flags = {"size": None if size is None else (int(size[0]), int(size[1])), "mode": mode}
+        self._param_generator = PlainUniformGenerator(
+            ((s0, s1), "scale", None, None),
+            ((math.log(r0), math.log(r1)), "log_ratio", None, None),
+            ((0.0, 1.0), "tx", None, None),
+            ((0.0, 1.0), "ty", None, None),
+        )
+        self._init_seed(generator)
+
+    def _out_size(self, input: torch.Tensor, flags: Dict[str, Any]) -> Tuple[int, int]:
+        return flags["size"] if flags["size"] is not None else (int(input.shape[-2]), int(input.shape[-1]))
+
+    def _resize_matrix(self, input: torch.Tensor, flags: Dict[str, Any]) -> torch.Tensor:
+        h, w = input.shape[-2:]
+        oh, ow = self._out_size(input, flags)
+        m = torch.eye(3, device=input.device, dtype=input.dtype).repeat(input.shape[0], 1, 1)
+        m[:, 0, 0] = (ow - 1) / max(w - 1, 1)
+        m[:, 1, 1] = (oh - 1) / max(h - 1, 1)
+        return m
+
+    def identity_matrix(self, input: torch.Tensor) -> torch.Tensor:
+        return self._resize_matrix(input, self.flags)
+
+    def compute_transformation(
+        self, input: torch.Tensor, params: Dict[str, torch.Tensor], flags: Dict[str, Any]
+    ) -> torch.Tensor:
+        h, w = float(input.shape[-2]), float(input.shape[-1])
+        oh, ow = self._out_size(input, flags)
+        dev, dt = input.device, input.dtype
+        s = params["scale"].to(dev, torch.float64)
+        r = params["log_ratio"].to(dev, torch.float64).exp()
+        cw = (w * torch.sqrt(s * r)).clamp(2.0, w)
+        ch = (h * torch.sqrt(s / r)).clamp(2.0, h)
+        x0 = params["tx"].to(dev, torch.float64) * (w - cw)
+        y0 = params["ty"].to(dev, torch.float64) * (h - ch)
+        sx = (ow - 1) / (cw - 1) if ow > 1 else torch.zeros_like(cw)
+        sy = (oh - 1) / (ch - 1) if oh > 1 else torch.zeros_like(ch)
+        m = torch.zeros(input.shape[0], 3, 3, device=dev, dtype=torch.float64)
+        m[:, 0, 0], m[:, 0, 2] = sx, -sx * x0
+        m[:, 1, 1], m[:, 1, 2] = sy, -sy * y0
+        m[:, 2, 2] = 1.0
+        return m.to(dt)
+
+    def apply_transform(
+        self,
+        input: torch.Tensor,
+        params: Dict[str, torch.Tensor],
+        flags: Dict[str, Any],
+        transform: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        if transform is None:
+            transform = self.compute_transformation(input, params, flags)
+        return warp_affine(
+            input, transform[:, :2, :].to(input.dtype), self._out_size(input, flags),
+            mode=flags["mode"], padding_mode="border", align_corners=True,
+        )
+
+    def apply_non_transform(
+        self,
+        input: torch.Tensor,
+        params: Dict[str, torch.Tensor],
+        flags: Dict[str, Any],
+        transform: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        if self._out_size(input, flags) == tuple(input.shape[-2:]):
+            return input
+        m = self._resize_matrix(input, flags)
+        return warp_affine(input, m[:, :2, :], self._out_size(input, flags), mode=flags["mode"], align_corners=True)

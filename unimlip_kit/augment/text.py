@@ -1,0 +1,257 @@
+"""Negation-safe EDA-style caption augmentation (Wei & Zou 2019, arXiv 1901.11196).
+
+Each caption is augmented with probability ``p`` by one operation drawn from
+``ops``, applied ``n = max(1, round(alpha * words))`` times:
+
+* ``delete``: remove a word;
+* ``swap``: exchange two words (their letters; punctuation stays in place);
+* ``insert``: insert a copy of a word of the caption (EDA inserts synonyms; a
+  user ``synonyms`` mapping is used when given);
+* ``mask``: replace a span of up to ``max_span`` consecutive words with
+  ``mask_token`` (one per word).
+
+Negation safety. A caption is split into clauses at ``, ; : . ! ?`` and at
+conjunctions that end a negation's scope (NegEx termination terms: "but",
+"however", "although", "except", ...). *Protected* words are never deleted,
+moved, masked or inserted: negation cues ("no", "not", "without", "negative
+for", "free of", "rule out", "non-", "...n't", ...), laterality words
+(left/right and the pairs in :mod:`unimlip_kit.augment.laterality`, bilateral,
+ipsilateral, ...) and clause boundaries (a word carrying the punctuation or the
+conjunction itself, so deleting it cannot merge a negated clause with the next).
+Swaps and insertions only happen inside clauses with no negation cue, so no
+finding moves into or out of a negation's scope: "no effusion, small nodule"
+never becomes "no nodule, small effusion".
+
+Seeding follows :mod:`unimlip_kit.augment.seeded`: ``generator`` is an ``int``
+seed or a ``torch.Generator`` (a per-instance stream, call ``k`` seeded with
+``derive_seed(base, "call", k, worker/rank keys)``), or ``None`` (one draw from
+torch's global RNG per call); caption ``i`` of a call uses
+``random.Random(derive_seed(call_seed, i))``.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from typing import List, Mapping, Optional, Sequence, Tuple
+
+import torch
+
+from unimlip_kit.augment.laterality import LATERALITY_PAIRS
+from unimlip_kit.augment.seeded import _stream_keys, base_seed
+from unimlip_kit.utils.seeding import derive_seed
+
+__all__ = ["CaptionAugment", "find_negation_cues", "find_protected_words"]
+
+NEGATION_WORDS = frozenset(
+    "no not without negative absent absence deny denies denied neither nor never none nothing cannot "
+    "non unlikely exclude excluded excludes excluding".split()
+)
+#: Multi-word cues: every word is protected.
+NEGATION_PHRASES: Tuple[Tuple[str, ...], ...] = (
+    ("negative", "for"), ("free", "of"), ("rule", "out"), ("rules", "out"), ("ruled", "out"), ("ruling", "out"),
+    ("absence", "of"), ("no", "evidence", "of"), ("no", "signs", "of"), ("no", "sign", "of"), ("resolution", "of"),
+    ("resolved",), ("clear", "of"),
+)
+LATERALITY_WORDS = frozenset(LATERALITY_PAIRS) | {
+    "bilateral", "bilaterally", "unilateral", "unilaterally", "ipsilateral", "contralateral", "midline",
+}
+TERMINATORS = frozenset(
+    "but however although though except whereas while which yet apart aside nevertheless still".split()
+)
+_ENDS_CLAUSE = re.compile(r"[,;:.!?]+[\"')\]]*$")
+_TOKEN = re.compile(r"(\S+)(\s*)")
+_CORE = re.compile(r"^(\W*)(.*?)(\W*)$", re.S)
+
+
+@dataclass
+class _Token:
+    prefix: str
+    core: str
+    suffix: str
+    space: str
+    protected: bool = False
+    boundary: bool = False
+    negation: bool = False
+    laterality: bool = False
+    clause: int = 0
+
+    def text(self) -> str:
+        return f"{self.prefix}{self.core}{self.suffix}{self.space}"
+
+
+def _parts(core: str) -> List[str]:
+    return [p for p in re.split(r"[-/]", core.lower()) if p]
+
+
+def _is_negation_word(core: str) -> bool:
+    low = core.lower()
+    return low in NEGATION_WORDS or low.endswith("n't") or any(p in NEGATION_WORDS for p in _parts(core))
+
+
+def _analyse(text: str) -> Tuple[List[_Token], str]:
+    lead = text[: len(text) - len(text.lstrip())]
+    toks: List[_Token] = []
+    for m in _TOKEN.finditer(text.lstrip()):
+        pre, core, suf = _CORE.match(m.group(1)).groups()  # type: ignore[union-attr]
+        toks.append(_Token(pre, core, suf, m.group(2)))
+    lows = [t.core.lower() for t in toks]
+    for i, t in enumerate(toks):
+        if _is_negation_word(t.core):
+            t.negation = t.protected = True
+        if any(p in LATERALITY_WORDS for p in _parts(t.core)):
+            t.laterality = t.protected = True
+        if lows[i] in TERMINATORS or _ENDS_CLAUSE.search(t.suffix) or not t.core:
+            t.boundary = t.protected = True
+    for phrase in NEGATION_PHRASES:
+        n = len(phrase)
+        for i in range(len(toks) - n + 1):
+            if tuple(lows[i : i + n]) == phrase:
+                for t in toks[i : i + n]:
+                    t.negation = t.protected = True
+    clause = 0
+    for t in toks:
+        if t.core.lower() in TERMINATORS:
+            clause += 1
+        t.clause = clause
+        if _ENDS_CLAUSE.search(t.suffix):
+            clause += 1
+    return toks, lead
+
+
+def find_negation_cues(text: str) -> List[str]:
+    """The negation-cue words of ``text`` in order, lower-cased.
+
+    Example:
+        >>> find_negation_cues("No effusion; negative for PE, non-enhancing, isn't seen. Nodule present.")
+        ['no', 'negative', 'for', 'non-enhancing', "isn't"]
+    """
+    return [t.core.lower() for t in _analyse(text)[0] if t.negation]
+
+
+def find_protected_words(text: str) -> List[str]:
+    """Every protected word (negation cue, laterality word) of ``text`` in order, lower-cased.
+
+    Example:
+        >>> find_protected_words("No left effusion, bilateral nodules but right-sided mass")
+        ['no', 'left', 'bilateral', 'right-sided']
+    """
+    return [t.core.lower() for t in _analyse(text)[0] if t.negation or t.laterality]
+
+
+class CaptionAugment:
+    """EDA-style caption augmentation that keeps negation cues, their scope and laterality words.
+
+    Args:
+        ops: any of ``"delete"``, ``"swap"``, ``"insert"``, ``"mask"``; one is drawn per caption.
+        alpha: fraction of words changed (at least one change).
+        p: probability that a caption is augmented at all.
+        mask_token: replacement for masked words.
+        max_span: longest masked span.
+        synonyms: optional ``word -> [synonyms]`` used by ``insert``.
+        generator: ``int`` seed, ``torch.Generator`` or ``None`` (see module docstring).
+
+    Example:
+        >>> aug = CaptionAugment(ops=("swap", "insert"), alpha=0.5, p=1.0, generator=0)
+        >>> aug(["No pleural effusion or pneumothorax."])  # negated clause: nothing moves
+        ['No pleural effusion or pneumothorax.']
+        >>> out = CaptionAugment(ops=("delete",), alpha=0.5, p=1.0, generator=0)(["Left lower lobe consolidation without effusion."])
+        >>> [w in out[0].split() for w in ("Left", "without")]
+        [True, True]
+    """
+
+    OPS = ("delete", "swap", "insert", "mask")
+
+    def __init__(
+        self,
+        ops: Sequence[str] = OPS,
+        alpha: float = 0.1,
+        p: float = 0.5,
+        *,
+        mask_token: str = "[MASK]",
+        max_span: int = 3,
+        synonyms: Optional[Mapping[str, Sequence[str]]] = None,
+        generator: int | torch.Generator | None = None,
+    ) -> None:
+        bad = [o for o in ops if o not in self.OPS]
+        if bad or not ops:
+            raise ValueError(f"ops must be a non-empty subset of {self.OPS}, got {tuple(ops)!r}")
+        if not 0.0 <= alpha <= 1.0 or not 0.0 <= p <= 1.0 or max_span < 1:
+            raise ValueError(f"need 0 <= alpha <= 1, 0 <= p <= 1 and max_span >= 1, got {alpha}, {p}, {max_span}")
+        self.ops = tuple(ops)
+        self.alpha, self.p, self.mask_token, self.max_span = float(alpha), float(p), mask_token, int(max_span)
+        self.synonyms = {k.lower(): list(v) for k, v in (synonyms or {}).items()}
+        self.manual_seed(generator)
+
+    def manual_seed(self, seed: int | torch.Generator | None) -> "CaptionAugment":
+        """Restart the stream (``None``: draw from torch's global RNG each call)."""
+        self._seed, self._calls = base_seed(seed), 0
+        return self
+
+    def _call_seed(self) -> int:
+        if self._seed is None:
+            return int(torch.randint(0, 2**62, (1,)).item())
+        self._calls += 1
+        return derive_seed(self._seed, "call", self._calls - 1, *_stream_keys())
+
+    def __call__(self, captions: Sequence[str]) -> List[str]:
+        if isinstance(captions, str):
+            raise TypeError("captions must be a list of strings, got a single str")
+        seed = self._call_seed()
+        return [self.augment_one(c, random.Random(derive_seed(seed, i))) for i, c in enumerate(captions)]
+
+    def augment_one(self, text: str, rng: random.Random) -> str:
+        """Augment one caption with the Python RNG ``rng``."""
+        if not isinstance(text, str):
+            raise TypeError(f"captions must be strings, got {type(text).__name__}")
+        if rng.random() >= self.p:
+            return text
+        toks, lead = _analyse(text)
+        words = [t for t in toks if t.core]
+        if not words:
+            return text
+        op = rng.choice(self.ops)
+        n = max(1, round(self.alpha * len(words)))
+        negated = {t.clause for t in toks if t.negation}
+        for _ in range(n):
+            getattr(self, f"_{op}")(toks, negated, rng)
+        return lead + "".join(t.text() for t in toks).rstrip() + text[len(text.rstrip()):]
+
+    def _delete(self, toks: List[_Token], negated: set, rng: random.Random) -> None:
+        free = [i for i, t in enumerate(toks) if not t.protected]
+        if free and len(toks) > 1:
+            toks.pop(rng.choice(free))
+
+    def _swap(self, toks: List[_Token], negated: set, rng: random.Random) -> None:
+        by_clause: dict = {}
+        for i, t in enumerate(toks):
+            if not t.protected and t.clause not in negated:
+                by_clause.setdefault(t.clause, []).append(i)
+        groups = [g for g in by_clause.values() if len(g) >= 2]
+        if groups:
+            i, j = rng.sample(rng.choice(groups), 2)
+            toks[i].core, toks[j].core = toks[j].core, toks[i].core
+
+    def _insert(self, toks: List[_Token], negated: set, rng: random.Random) -> None:
+        sources = [t for t in toks if not t.protected and t.clause not in negated]
+        slots = [i for i, t in enumerate(toks) if t.clause not in negated]
+        if not sources or not slots:
+            return
+        src = rng.choice(sources)
+        word = src.core
+        if self.synonyms.get(word.lower()):
+            word = rng.choice(self.synonyms[word.lower()])
+        at = rng.choice(slots)
+        toks.insert(at, _Token("", word, "", " ", clause=toks[at].clause))
+
+    def _mask(self, toks: List[_Token], negated: set, rng: random.Random) -> None:
+        free = [i for i, t in enumerate(toks) if not t.protected and t.core != self.mask_token]
+        if not free:
+            return
+        start = rng.choice(free)
+        length = rng.randint(1, self.max_span)
+        for i in range(start, min(start + length, len(toks))):
+            if toks[i].protected:
+                break
+            toks[i].core = self.mask_token
