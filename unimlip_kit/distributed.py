@@ -1,4 +1,4 @@
-"""All-gather with gradient for contrastive losses, including unequal per-rank batches.
+r"""All-gather with gradient for contrastive losses, including unequal per-rank batches.
 
 Gradient semantics (written down because lightly shipped two bugs here,
 lightly #1528 and #1977):

@@ -1,4 +1,4 @@
-"""The InfoNCE core shared by ITC, NT-Xent and SimCSE (van den Oord et al. 2018, arXiv 1807.03748).
+r"""The InfoNCE core shared by ITC, NT-Xent and SimCSE (van den Oord et al. 2018, arXiv 1807.03748).
 
 All three are cross-entropies over a scaled similarity matrix
 :math:`L = s\,A B^\top` whose positives sit on a shifted diagonal. The

@@ -43,8 +43,8 @@ def image_text_contrastive_loss(
         >>> img = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)
         >>> txt = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)
         >>> loss = image_text_contrastive_loss(img, txt, 10.0)
-        >>> ref = torch.nn.functional.cross_entropy(10 * img @ txt.T, torch.arange(8)) / 2 \\
-        ...     + torch.nn.functional.cross_entropy(10 * txt @ img.T, torch.arange(8)) / 2
+        >>> ce = torch.nn.functional.cross_entropy
+        >>> ref = (ce(10 * img @ txt.T, torch.arange(8)) + ce(10 * txt @ img.T, torch.arange(8))) / 2
         >>> torch.allclose(loss, ref, atol=1e-5)
         True
     """

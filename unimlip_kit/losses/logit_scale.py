@@ -19,10 +19,10 @@ class LogitScale(nn.Module):
 
     Example:
         >>> scale = LogitScale()
-        >>> round(float(scale()), 4)
+        >>> round(float(scale().detach()), 4)
         14.2857
         >>> with torch.no_grad(): _ = scale.log_scale.fill_(10.0)
-        >>> float(scale())
+        >>> float(scale().detach())
         100.0...
     """
 

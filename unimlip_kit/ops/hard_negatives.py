@@ -1,4 +1,4 @@
-"""Hard-negative sampling for image-text matching (ALBEF, Li et al. 2021, arXiv 2107.07651).
+r"""Hard-negative sampling for image-text matching (ALBEF, Li et al. 2021, arXiv 2107.07651).
 
 For each image one negative text and for each text one negative image, drawn
 with probability :math:`\propto \exp(s\, x_i \cdot y_j)` over candidates that

@@ -1,4 +1,4 @@
-"""Pure-PyTorch tiled contrastive log-sum-exp with recompute in backward.
+r"""Pure-PyTorch tiled contrastive log-sum-exp with recompute in backward.
 
 Forward walks the logit matrix :math:`L = s\,A B^\top` in (block_m × block_n)
 tiles and keeps online log-sum-exp statistics (running maximum and rescaled
@@ -121,9 +121,9 @@ class _TiledLSE(torch.autograd.Function):
                     torch.sub(L, col_lse[None, j0:j1], out=G).exp_().mul_(g_col[None, j0:j1])
                 g_a[i0:i1].addmm_(G, b_acc[j0:j1])
                 g_b[j0:j1].addmm_(G.T, a_blk)
-        grad_scale = (g_a * a_acc).sum().to(scale.dtype) if ctx.needs_input_grad[2] else None
-        grad_a = (g_a * s).to(a.dtype) if ctx.needs_input_grad[0] else None
-        grad_b = (g_b * s).to(b.dtype) if ctx.needs_input_grad[1] else None
+        grad_scale = torch.vdot(g_a.flatten(), a_acc.flatten()).to(scale.dtype) if ctx.needs_input_grad[2] else None
+        grad_a = g_a.mul_(s).to(a.dtype) if ctx.needs_input_grad[0] else None
+        grad_b = g_b.mul_(s).to(b.dtype) if ctx.needs_input_grad[1] else None
         return grad_a, grad_b, grad_scale, None, None, None, None
 
 

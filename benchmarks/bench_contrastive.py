@@ -1,0 +1,171 @@
+"""Contrastive loss (CLIP's symmetric InfoNCE) forward+backward: time and extra peak memory per backend.
+
+    python benchmarks/bench_contrastive.py                      # N = 1024 … 16384, D = 512, float32, CPU
+    python benchmarks/bench_contrastive.py --sizes 1024 2048 --repeats 2
+    python benchmarks/bench_contrastive.py --device cuda --dtype bfloat16 --backends tiled triton baseline
+
+Each (backend, N) runs in its own process (clean peak memory), with a warm-up
+call then the median of ``--repeats``. The baseline is open_clip's
+``ClipLoss`` when open_clip is installed (``pip install --no-deps
+open_clip_torch``: its loss module needs only torch, so it is loaded from its
+file even where torchvision does not import), otherwise a faithful naive
+implementation of the same computation (two N×N logit matrices, two
+cross-entropies). Writes ``benchmarks/results/contrastive_<device>.json`` and
+a PNG chart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, print_table, run_worker, time_and_memory  # noqa: E402
+
+
+def load_open_clip_loss():
+    """open_clip's ClipLoss class, or None (loads ``open_clip/loss.py`` without importing the package)."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "loss.py"
+    if not path.exists():
+        return None
+    mod_spec = importlib.util.spec_from_file_location("_open_clip_loss", path)
+    module = importlib.util.module_from_spec(mod_spec)
+    try:
+        mod_spec.loader.exec_module(module)
+    except Exception:  # noqa: BLE001 - any import problem means "not available"
+        return None
+    return getattr(module, "ClipLoss", None)
+
+
+def naive_clip_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The computation open_clip's ClipLoss performs on one process."""
+    labels = torch.arange(img.shape[0], device=img.device)
+    logits_per_image = scale * img @ txt.T
+    logits_per_text = scale * txt @ img.T
+    return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+
+
+def worker(cfg: dict) -> dict:
+    from unimlip_kit.losses import image_text_contrastive_loss
+
+    torch.manual_seed(0)
+    torch.set_num_threads(cfg["threads"]) if cfg.get("threads") else None
+    device = torch.device(cfg["device"])
+    dtype = getattr(torch, cfg["dtype"])
+    n, d = cfg["n"], cfg["d"]
+    img = F.normalize(torch.randn(n, d, device=device), dim=1).to(dtype).requires_grad_(True)
+    txt = F.normalize(torch.randn(n, d, device=device), dim=1).to(dtype).requires_grad_(True)
+    scale = torch.tensor(1 / 0.07, device=device, requires_grad=True)
+    backend = cfg["backend"]
+    impl = backend
+    if backend == "baseline":
+        clip_loss_cls = load_open_clip_loss()
+        if clip_loss_cls is not None:
+            loss_mod = clip_loss_cls()
+            impl = "open_clip.ClipLoss"
+
+            def fn():
+                return loss_mod(img, txt, scale)
+        else:
+            impl = "naive (open_clip not installed)"
+
+            def fn():
+                return naive_clip_loss(img, txt, scale)
+    else:
+
+        def fn():
+            return image_text_contrastive_loss(img, txt, scale, backend=backend)
+
+    def step():
+        img.grad = txt.grad = scale.grad = None
+        fn().backward()
+
+    res = time_and_memory(step, device, repeats=cfg["repeats"], warmup=cfg["warmup"])
+    flops = 8 * n * n * d
+    return {**cfg, **res, "impl": impl, "gflops_per_s_8n2d": flops / res["seconds_median"] / 1e9}
+
+
+def chart(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for backend in sorted({r["backend"] for r in rows}):
+        pts = sorted((r["n"], r) for r in rows if r["backend"] == backend and "error" not in r)
+        if not pts:
+            continue
+        label = pts[0][1]["impl"] if backend == "baseline" else backend
+        ax1.plot([p[0] for p in pts], [p[1]["seconds_median"] for p in pts], "o-", label=label)
+        ax2.plot([p[0] for p in pts], [p[1]["extra_peak_bytes"] / 2**20 for p in pts], "o-", label=label)
+    for ax, title in ((ax1, "fwd+bwd time (s, median)"), (ax2, "extra peak memory (MiB)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size N")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    d = rows[0]
+    fig.suptitle(f"Symmetric InfoNCE, D={d['d']}, {d['dtype']}, {d['device']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384])
+    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--backends", nargs="+", default=["tiled", "baseline"])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: torch's default)")
+    p.add_argument("--out", type=Path, default=None, help="JSON path (default results/contrastive_<device>.json)")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return []
+
+    from unimlip_kit.utils.io import run_metadata, save_json
+
+    rows = []
+    for n in args.sizes:
+        for backend in args.backends:
+            cfg = {"backend": backend, "n": n, "d": args.dim, "dtype": args.dtype, "device": args.device,
+                   "repeats": args.repeats, "warmup": args.warmup, "threads": args.threads}
+            row = run_worker(__file__, cfg)
+            rows.append(row)
+            print(f"  {backend:9s} N={n:6d}: " + (row.get("error") or
+                  f"{row['seconds_median']:.3f}s  +{row['extra_peak_bytes'] / 2**20:.0f} MiB"), flush=True)
+    base = {r["n"]: r for r in rows if r["backend"] == "baseline" and "error" not in r}
+    for r in rows:
+        b = base.get(r["n"])
+        if b and "error" not in r:
+            r["time_vs_baseline"] = r["seconds_median"] / b["seconds_median"]
+            r["memory_vs_baseline"] = r["extra_peak_bytes"] / max(1, b["extra_peak_bytes"])
+            r["extra_peak_mib"] = r["extra_peak_bytes"] / 2**20
+    out = args.out or RESULTS / f"contrastive_{args.device}.json"
+    save_json(out, {"benchmark": "contrastive_fwd_bwd", "metadata": run_metadata(), "results": rows})
+    chart([r for r in rows if "error" not in r] or rows, out.with_suffix(".png"))
+    print_table(rows, [("backend", "backend"), ("n", "N"), ("seconds_median", "s (median)"),
+                       ("extra_peak_mib", "extra MiB"), ("time_vs_baseline", "time/base"),
+                       ("memory_vs_baseline", "mem/base"), ("gflops_per_s_8n2d", "GFLOP/s (8N²D)")])
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Shared benchmark plumbing: one process per configuration, timing, peak memory, JSON + chart.
+
+Every benchmark in this folder writes ``benchmarks/results/<name>.json`` with
+``run_metadata()`` (commit, versions, device) and a PNG chart beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def current_rss_bytes() -> int:
+    """Resident set size of this process now (Linux /proc), in bytes."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far, in bytes."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_and_memory(step: Callable[[], None], device: torch.device, repeats: int, warmup: int) -> dict[str, Any]:
+    """Median/min/max seconds of ``step`` after ``warmup`` calls, and its extra peak memory.
+
+    Extra peak memory is measured from the state right before the first call:
+    CUDA via ``max_memory_allocated``, CPU via the process's peak RSS (the
+    worker is a fresh process holding only its inputs).
+    """
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    else:
+        base = current_rss_bytes()
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        step()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss_bytes()
+    return {
+        "seconds_median": statistics.median(times),
+        "seconds_min": min(times),
+        "seconds_max": max(times),
+        "seconds_all": times,
+        "extra_peak_bytes": max(0, peak - base),
+    }
+
+
+def run_worker(script: str, config: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
+    """Run ``script --worker CONFIG_JSON`` in a fresh process; return its last-line JSON (or the error)."""
+    proc = subprocess.run(
+        [sys.executable, script, "--worker", json.dumps(config)], capture_output=True, text=True, timeout=timeout
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return {**config, "error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(lines[-1])
+
+
+def print_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> None:
+    """Print rows as an aligned text table; ``columns`` is a list of (key, header)."""
+    cells = [[h for _, h in columns]] + [[_fmt(r.get(k)) for k, _ in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    for j, row in enumerate(cells):
+        print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
+        if j == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
