@@ -49,42 +49,49 @@ def _grads(kind, x_img, x_txt, w_img, w_txt, **kw):
     return loss.detach(), [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
 
 
-def _worker(rank, world, init_file, sizes, kind, local_loss, out_dir):
+CASES = [
+    ("itc", False, (3, 4)),
+    ("itc", True, (3, 4)),
+    ("itc", True, (4, 4)),
+    ("ntxent", False, (2, 5)),
+    ("simcse", False, (3, 3)),
+]
+
+
+def _worker(rank, world, init_file, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        x_img, x_txt, w_img, w_txt = _problem(sum(sizes))
-        lo, hi = sum(sizes[:rank]), sum(sizes[: rank + 1])
-        kw = {"local_loss": local_loss} if kind == "itc" else {}
-        loss, grads = _grads(kind, x_img[lo:hi], x_txt[lo:hi], w_img, w_txt, **kw)
-        for g in grads:  # what DDP does: average parameter gradients over ranks
-            dist.all_reduce(g, op=dist.ReduceOp.SUM)
-            g /= world
-        mean_loss = loss.clone()
-        dist.all_reduce(mean_loss, op=dist.ReduceOp.SUM)
-        gathered = all_gather_with_grad(torch.full((hi - lo, 2), float(rank)))
-        torch.save({"loss": loss, "mean_loss": mean_loss / world, "grads": grads, "sizes": gathered.sizes,
-                    "offset": gathered.offset}, os.path.join(out_dir, f"rank{rank}.pt"))
+        for case, (kind, local_loss, sizes) in enumerate(CASES):
+            x_img, x_txt, w_img, w_txt = _problem(sum(sizes))
+            lo, hi = sum(sizes[:rank]), sum(sizes[: rank + 1])
+            kw = {"local_loss": local_loss} if kind == "itc" else {}
+            loss, grads = _grads(kind, x_img[lo:hi], x_txt[lo:hi], w_img, w_txt, **kw)
+            for g in grads:  # what DDP does: average parameter gradients over ranks
+                dist.all_reduce(g, op=dist.ReduceOp.SUM)
+                g /= world
+            mean_loss = loss.clone()
+            dist.all_reduce(mean_loss, op=dist.ReduceOp.SUM)
+            gathered = all_gather_with_grad(torch.full((hi - lo, 2), float(rank)))
+            torch.save({"loss": loss, "mean_loss": mean_loss / world, "grads": grads, "sizes": gathered.sizes,
+                        "offset": gathered.offset}, os.path.join(out_dir, f"case{case}_rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize(
-    "kind, local_loss, sizes",
-    [
-        ("itc", False, (3, 4)),
-        ("itc", True, (3, 4)),
-        ("itc", True, (4, 4)),
-        ("ntxent", False, (2, 5)),
-        ("simcse", False, (3, 3)),
-    ],
-)
-def test_two_rank_gloo_matches_single_process(kind, local_loss, sizes):
+@pytest.fixture(scope="module")
+def two_rank_results():
+    """Spawn two gloo ranks once; each runs every case and saves its losses and averaged gradients."""
     if not dist.is_available():
         pytest.skip("torch.distributed is not available")
     with tempfile.TemporaryDirectory() as tmp:
-        init_file = os.path.join(tmp, "init")
-        mp.spawn(_worker, args=(2, init_file, sizes, kind, local_loss, tmp), nprocs=2, join=True)
-        results = [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(2)]
+        mp.spawn(_worker, args=(2, os.path.join(tmp, "init"), tmp), nprocs=2, join=True)
+        return {c: [torch.load(os.path.join(tmp, f"case{c}_rank{r}.pt")) for r in range(2)] for c in range(len(CASES))}
+
+
+@pytest.mark.parametrize("case", range(len(CASES)), ids=[f"{k}-local{l}-{s[0]}+{s[1]}" for k, l, s in CASES])
+def test_two_rank_gloo_matches_single_process(two_rank_results, case):
+    kind, local_loss, sizes = CASES[case]
+    results = two_rank_results[case]
     x_img, x_txt, w_img, w_txt = _problem(sum(sizes))
     ref_loss, ref_grads = _grads(kind, x_img, x_txt, w_img, w_txt)
     for r, res in enumerate(results):
