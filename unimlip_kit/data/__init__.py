@@ -1,0 +1,81 @@
+"""Medical image–caption data: readers (ROCO, CSV/JSONL), decoding (PNG/JPEG incl. 16-bit, DICOM, NIfTI),
+a lazily decoding Dataset that skips and counts bad pairs, the batch collate, and the synthetic benchmark.
+
+Data flow: reader -> list[ImageTextRecord] -> ImageTextDataset (decode + resize on access)
+-> DataLoader(collate_fn=dataset.collate_fn) -> batch dict (images, captions, ids, labels, group_ids, ...).
+"""
+
+from unimlip_kit.data.collate import ImageTextCollate, collate_image_text, group_ids_from_keys, normalize_caption
+from unimlip_kit.data.dataset import ImageTextDataset, SkippedSample
+from unimlip_kit.data.decode import ImageDecodeError, image_format, load_image, read_image_array
+from unimlip_kit.data.loader import EpochSampler, build_dataloader
+from unimlip_kit.data.modality import MODALITIES, infer_modality
+from unimlip_kit.data.records import UNKNOWN_LABEL, UNKNOWN_MODALITY, ImageTextRecord
+from unimlip_kit.data.resize import RESIZE_MODES, resize_image
+from unimlip_kit.data.roco import ROCO_SPLITS, read_pmc_names, read_roco, roco_split_dir
+from unimlip_kit.data.skips import SKIP_REASONS, SkipCounter
+from unimlip_kit.data.synth_render import SceneSpec, render_scene
+from unimlip_kit.data.synthetic import (
+    FINDING_CLASSES,
+    GENERATOR_VERSION,
+    SCENE_TYPES,
+    SyntheticConfig,
+    build_synthetic_dataset,
+    default_cache_dir,
+    finding_class,
+    generate_samples,
+    load_synthetic_records,
+    load_vqa,
+    sample_scene,
+    synthetic_cache_key,
+)
+from unimlip_kit.data.tabular import read_csv_pairs, read_jsonl_pairs, read_pairs
+from unimlip_kit.data.window import WINDOW_PRESETS, apply_window, resolve_window
+
+__all__ = [
+    "EpochSampler",
+    "FINDING_CLASSES",
+    "GENERATOR_VERSION",
+    "ImageDecodeError",
+    "ImageTextCollate",
+    "ImageTextDataset",
+    "ImageTextRecord",
+    "MODALITIES",
+    "RESIZE_MODES",
+    "ROCO_SPLITS",
+    "SCENE_TYPES",
+    "SKIP_REASONS",
+    "SceneSpec",
+    "SkipCounter",
+    "SkippedSample",
+    "SyntheticConfig",
+    "UNKNOWN_LABEL",
+    "UNKNOWN_MODALITY",
+    "WINDOW_PRESETS",
+    "apply_window",
+    "build_dataloader",
+    "build_synthetic_dataset",
+    "collate_image_text",
+    "default_cache_dir",
+    "finding_class",
+    "generate_samples",
+    "group_ids_from_keys",
+    "image_format",
+    "infer_modality",
+    "load_image",
+    "load_synthetic_records",
+    "load_vqa",
+    "normalize_caption",
+    "read_csv_pairs",
+    "read_image_array",
+    "read_jsonl_pairs",
+    "read_pairs",
+    "read_pmc_names",
+    "read_roco",
+    "render_scene",
+    "resize_image",
+    "resolve_window",
+    "roco_split_dir",
+    "sample_scene",
+    "synthetic_cache_key",
+]

@@ -1,0 +1,124 @@
+"""Collate image–caption samples into a batch dict, dropping skipped ones and grouping duplicates.
+
+Batch keys:
+
+* ``images``: float32 (B, C, H, W) in [0, 1];
+* ``captions``: list[str] (not tokenized: the caption-aware flip edits text
+  first, tokenization happens in the training step);
+* ``ids``: list[str]; ``modality``: list[str];
+* ``labels``: int64 (B,), ``-1`` where unknown;
+* ``group_ids``: int64 (B,), equal for pairs that must not be each other's
+  hard negative: the same image file, the same caption (case, spacing and
+  final punctuation ignored), or the same record ``group`` (the synthetic
+  benchmark's attribute signature). Groups are connected components, numbered
+  by first appearance in the batch;
+* ``skipped``: list of ``(id, reason, detail)`` dropped from this batch.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+import torch
+
+__all__ = ["ImageTextCollate", "collate_image_text", "group_ids_from_keys", "normalize_caption"]
+
+_PUNCT_END = re.compile(r"[\s.;:,!]+$")
+
+
+def normalize_caption(caption: str) -> str:
+    """Lower-case, collapse whitespace and drop trailing punctuation (for duplicate detection).
+
+    Example:
+        >>> normalize_caption("  Chest  X-ray. ") == normalize_caption("chest x-ray")
+        True
+    """
+    return _PUNCT_END.sub("", " ".join(caption.lower().split()))
+
+
+def group_ids_from_keys(keys: Sequence[Sequence[str]]) -> torch.Tensor:
+    """Connected components of items sharing any non-empty key, numbered by first appearance.
+
+    Example:
+        >>> group_ids_from_keys([["img:a", "cap:x"], ["img:b", "cap:y"], ["img:c", "cap:x"], ["img:b"]]).tolist()
+        [0, 1, 0, 1]
+    """
+    parent = list(range(len(keys)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    owner: dict[str, int] = {}
+    for i, ks in enumerate(keys):
+        for k in ks:
+            if not k:
+                continue
+            if k in owner:
+                a, b = find(i), find(owner[k])
+                if a != b:
+                    parent[max(a, b)] = min(a, b)
+            else:
+                owner[k] = i
+    roots = [find(i) for i in range(len(keys))]
+    number: dict[int, int] = {}
+    return torch.tensor([number.setdefault(r, len(number)) for r in roots], dtype=torch.long)
+
+
+class ImageTextCollate:
+    """Picklable collate (DataLoader workers); ``image_shape`` (C, H, W) shapes an all-skipped batch.
+
+    Example:
+        >>> s = [{"image": torch.zeros(1, 4, 4), "caption": "Left lesion.", "id": "a", "label": 2, "image_key": "a.png"},
+        ...      {"image": torch.ones(1, 4, 4), "caption": "left lesion", "id": "b", "label": -1, "image_key": "b.png"}]
+        >>> b = ImageTextCollate()(s)
+        >>> b["images"].shape, b["labels"].tolist(), b["group_ids"].tolist(), b["modality"]
+        (torch.Size([2, 1, 4, 4]), [2, -1], [0, 0], ['unknown', 'unknown'])
+    """
+
+    def __init__(self, image_shape: Sequence[int] | None = None) -> None:
+        self.image_shape = tuple(image_shape) if image_shape is not None else None
+
+    def __call__(self, samples: Sequence[Any]) -> dict[str, Any]:
+        kept, skipped = [], []
+        for s in samples:
+            if isinstance(s, dict) and "image" in s:
+                kept.append(s)
+            elif s is None:
+                skipped.append(("?", "corrupt_image", "sample was None"))
+            else:  # SkippedSample or any (id, reason[, detail]) tuple
+                skipped.append(tuple(str(v) for v in s))
+        if kept:
+            images = torch.stack([s["image"] for s in kept])
+        else:
+            images = torch.zeros((0, *(self.image_shape or (1, 1, 1))), dtype=torch.float32)
+        keys = [
+            [
+                "img:" + str(s.get("image_key", "")) if s.get("image_key") else "",
+                "cap:" + normalize_caption(s["caption"]),
+                "grp:" + s["group"] if s.get("group") else "",
+            ]
+            for s in kept
+        ]
+        return {
+            "images": images,
+            "captions": [s["caption"] for s in kept],
+            "ids": [str(s["id"]) for s in kept],
+            "labels": torch.tensor([int(s.get("label", -1)) for s in kept], dtype=torch.long),
+            "group_ids": group_ids_from_keys(keys) if kept else torch.zeros(0, dtype=torch.long),
+            "modality": [str(s.get("modality", "unknown")) for s in kept],
+            "skipped": skipped,
+        }
+
+
+def collate_image_text(samples: Sequence[Any]) -> dict[str, Any]:
+    """Functional form of :class:`ImageTextCollate` (no fixed image shape).
+
+    Example:
+        >>> collate_image_text([("x", "missing_image", "")])["skipped"]
+        [('x', 'missing_image', '')]
+    """
+    return ImageTextCollate()(samples)

@@ -1,0 +1,70 @@
+"""Intensity windowing of Hounsfield units (or any calibrated values) to [0, 1].
+
+Follows the linear VOI LUT of DICOM PS3.3 C.11.2.1.2.1 with output range
+[0, 1]: for centre ``c`` and width ``w >= 1``::
+
+    y = 0                                   if x <= c - 0.5 - (w - 1) / 2
+    y = 1                                   if x >  c - 0.5 + (w - 1) / 2
+    y = (x - (c - 0.5)) / (w - 1) + 0.5     otherwise
+
+Named presets are the usual radiology windows (centre, width) in HU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["WINDOW_PRESETS", "apply_window", "resolve_window"]
+
+#: (centre, width) in Hounsfield units.
+WINDOW_PRESETS: dict[str, tuple[float, float]] = {
+    "abdomen": (40.0, 400.0),
+    "bone": (400.0, 1800.0),
+    "brain": (40.0, 80.0),
+    "liver": (60.0, 160.0),
+    "lung": (-600.0, 1500.0),
+    "mediastinum": (50.0, 350.0),
+    "soft_tissue": (50.0, 400.0),
+    "stroke": (40.0, 40.0),
+    "subdural": (75.0, 215.0),
+}
+
+
+def resolve_window(window: str | tuple[float, float] | None) -> tuple[float, float] | None:
+    """A preset name or an explicit ``(centre, width)`` as floats; ``None`` stays ``None``.
+
+    Example:
+        >>> resolve_window("lung")
+        (-600.0, 1500.0)
+        >>> resolve_window("nope")
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown window preset 'nope' (known: abdomen, bone, brain, liver, lung, mediastinum, soft_tissue, stroke, subdural)
+    """
+    if window is None:
+        return None
+    if isinstance(window, str):
+        if window not in WINDOW_PRESETS:
+            raise ValueError(f"unknown window preset {window!r} (known: {', '.join(sorted(WINDOW_PRESETS))})")
+        return WINDOW_PRESETS[window]
+    c, w = (float(v) for v in window)
+    if not np.isfinite(c) or not np.isfinite(w) or w < 1:
+        raise ValueError(f"window must be (centre, width) with finite centre and width >= 1, got {window}")
+    return c, w
+
+
+def apply_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
+    """Map ``values`` to [0, 1] with the DICOM linear window (float32 output).
+
+    Example:
+        >>> [round(float(v), 3) for v in apply_window(np.array([-1000.0, 40.0, 1000.0]), 40, 400)]
+        [0.0, 0.501, 1.0]
+    """
+    c, w = resolve_window((center, width))
+    x = np.asarray(values, dtype=np.float64)
+    lo, hi = c - 0.5 - (w - 1) / 2, c - 0.5 + (w - 1) / 2
+    if w == 1:
+        return (x > lo).astype(np.float32)
+    y = (x - (c - 0.5)) / (w - 1) + 0.5
+    y = np.where(x <= lo, 0.0, np.where(x > hi, 1.0, y))
+    return np.clip(y, 0.0, 1.0).astype(np.float32)
