@@ -249,3 +249,28 @@ def _ensure_builtin() -> None:
         return sample_hard_negatives_reference
 
     register_backend("hard_negatives", "reference", priority=0, reasons=_floating, loader=_ref_hn)
+
+    def _tiled_hn():
+        from unimlip_kit.ops.hard_negatives_tiled import sample_hard_negatives_tiled
+
+        return sample_hard_negatives_tiled
+
+    # Gumbel-max over tiles: same distribution as the reference, O(N·D) memory
+    register_backend("hard_negatives", "tiled", priority=10, reasons=_floating, loader=_tiled_hn)
+
+    def _triton_hn():
+        from unimlip_kit.kernels.hard_negatives import sample_hard_negatives_triton
+
+        return sample_hard_negatives_triton
+
+    def _triton_hn_reasons(device: torch.device, dtype: torch.dtype) -> list[str]:
+        from importlib.util import find_spec
+
+        why = triton_reasons(device, dtype)
+        if find_spec("unimlip_kit.kernels.hard_negatives") is None:
+            why.append("the Triton hard-negative kernel is not part of this build")
+        return why
+
+    register_backend(
+        "hard_negatives", "triton", priority=20, reasons=_triton_hn_reasons, loader=_triton_hn, auto_devices=("cuda",)
+    )

@@ -1,6 +1,7 @@
 """Functional ops that dispatch between backends (the middle layer)."""
 
 from unimlip_kit.ops.contrastive import contrastive_lse
+from unimlip_kit.ops.hard_negative_gather import HardNegatives, gather_hard_negatives
 from unimlip_kit.ops.hard_negatives import sample_hard_negatives
 
-__all__ = ["contrastive_lse", "sample_hard_negatives"]
+__all__ = ["HardNegatives", "contrastive_lse", "gather_hard_negatives", "sample_hard_negatives"]

@@ -4,7 +4,10 @@ For each image one negative text and for each text one negative image, drawn
 with probability :math:`\propto \exp(s\, x_i \cdot y_j)` over candidates that
 are not the positive and do not share its id. A row with no valid candidate
 (every other pair shares its id, or N = 1) gets index ``-1``; the ITM batch
-builder drops such rows.
+builder drops such rows (:func:`unimlip_kit.ops.hard_negative_gather.gather_hard_negatives`
+does it for you). Backends: ``"tiled"`` (Gumbel-max over similarity tiles, O(N·D) memory,
+the automatic choice on CPU), ``"triton"`` (the same on CUDA in one fused kernel) and
+``"reference"`` (the N×N softmax + multinomial, as ALBEF).
 """
 
 from __future__ import annotations
@@ -79,8 +82,13 @@ def sample_hard_negatives(
 
     :math:`P(j \mid i) \propto \exp(s\, x_i\cdot y_j)` over :math:`j \ne i` with
     ``ids[j] != ids[i]`` (ALBEF §3.2). Returns ``(text_for_image, image_for_text)``,
-    two LongTensors of shape (N,); ``-1`` marks a row with no valid candidate.
-    No gradient flows (sampling only).
+    two LongTensors of shape (N,); ``-1`` marks a row with no valid candidate
+    (drop it from the ITM batch, or use :func:`gather_hard_negatives`, which does).
+    No gradient flows (sampling only). ``backend``: ``None`` (``"triton"`` on CUDA,
+    ``"tiled"`` otherwise — neither builds the N×N matrix), or one of
+    ``"tiled"``, ``"triton"``, ``"reference"`` (ALBEF's N×N softmax + multinomial).
+    Reproducible for a given ``generator`` state and backend (the draws differ between
+    backends; the distribution does not).
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
