@@ -97,3 +97,17 @@ def test_linear_probe_sweep_and_errors():
         LinearProbe(l2=1.0).fit(x, y[:10])
     with pytest.raises(ValueError, match="D=8"):
         LinearProbe(l2=1.0).fit(x, y).predict(x[:, :3])
+
+
+def test_prompt_ensemble_uneven_groups():
+    from unimlip_kit.eval import prompt_ensemble
+
+    gen = torch.Generator().manual_seed(5)
+    vecs = {p: torch.randn(4, generator=gen) for p in "abcdef"}
+    groups = [["a"], ["b", "c", "d"], ["e", "f"]]
+    w = prompt_ensemble(lambda xs: torch.stack([vecs[x] for x in xs]), groups)
+    for c, g in enumerate(groups):
+        m = torch.stack([vecs[p] / vecs[p].norm() for p in g]).mean(0)
+        torch.testing.assert_close(w[c], m / m.norm())
+    with pytest.raises(ValueError, match="at least one prompt"):
+        prompt_ensemble(lambda xs: torch.zeros(len(xs), 4), [["a"], []])

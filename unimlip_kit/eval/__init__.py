@@ -1,11 +1,12 @@
 """Downstream evaluation: image–text retrieval, zero-shot and linear-probe classification, VQA."""
 
 from unimlip_kit.eval.classification import classification_metrics
+from unimlip_kit.eval.embed import encode_loader, encode_texts
 from unimlip_kit.eval.linear_probe import DEFAULT_L2_GRID, LinearProbe, linear_probe_evaluate
 from unimlip_kit.eval.retrieval import DEFAULT_CHUNK_SIZE, retrieval_metrics, retrieval_ranks, summarize_ranks
 from unimlip_kit.eval.vqa import AnswerVocab, VQAClassifier, VQADataset, evaluate_vqa, train_vqa, vqa_accuracy
-from unimlip_kit.eval.vqa_data import VQASample, answer_type_of, normalize_answer, read_slake, read_vqa_json, read_vqa_rad
-from unimlip_kit.eval.zero_shot import DEFAULT_TEMPLATES, zero_shot_classifier, zero_shot_evaluate, zero_shot_logits
+from unimlip_kit.eval.vqa_data import VQASample, answer_type_of, normalize_answer, read_slake, read_synthetic_vqa, read_vqa_json, read_vqa_rad
+from unimlip_kit.eval.zero_shot import DEFAULT_TEMPLATES, prompt_ensemble, zero_shot_classifier, zero_shot_evaluate, zero_shot_logits
 
 __all__ = [
     "AnswerVocab",
@@ -18,10 +19,14 @@ __all__ = [
     "VQASample",
     "answer_type_of",
     "classification_metrics",
+    "encode_loader",
+    "encode_texts",
     "evaluate_vqa",
     "linear_probe_evaluate",
     "normalize_answer",
+    "prompt_ensemble",
     "read_slake",
+    "read_synthetic_vqa",
     "read_vqa_json",
     "read_vqa_rad",
     "retrieval_metrics",

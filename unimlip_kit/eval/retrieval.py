@@ -117,18 +117,21 @@ def retrieval_ranks(
     i_correct.scatter_reduce_(0, g, t_correct, reduce="amax")
     has_text = torch.bincount(g, minlength=n_img) > 0
 
-    # pass 2: count wrong candidates scoring >= the correct score, both directions from each tile
+    # pass 2: count candidates scoring >= the correct score, both directions from each tile. The correct
+    # pairs are subtracted afterwards instead of masked per tile: text j's own image always ties with itself
+    # (same tile, same bits), and image i's own captions that reach c_i are exactly those scoring c_i.
     i_count = torch.zeros(n_img, dtype=torch.long, device=dev)
     t_count = torch.zeros(n_txt, dtype=torch.long, device=dev)
     for bi in range((n_img + bs - 1) // bs):
         i0, i1 = bi * bs, min(n_img, (bi + 1) * bs)
-        rows = torch.arange(i0, i1, device=dev)[:, None]
         for bj in range((n_txt + bs - 1) // bs):
             j0, j1 = bj * bs, min(n_txt, (bj + 1) * bs)
             s = tile(bi, bj)
-            wrong = g[None, j0:j1] != rows
-            i_count[i0:i1] += ((s >= i_correct[i0:i1, None]) & wrong).sum(1)
-            t_count[j0:j1] += ((s >= t_correct[None, j0:j1]) & wrong).sum(0)
+            i_count[i0:i1] += (s >= i_correct[i0:i1, None]).sum(1)
+            t_count[j0:j1] += (s >= t_correct[None, j0:j1]).sum(0)
+    own_at_best = torch.bincount(g, weights=(t_correct == i_correct[g]).double(), minlength=n_img).long()
+    i_count -= own_at_best
+    t_count -= 1
     i_rank = torch.where(has_text, i_count + 1, torch.zeros_like(i_count))
     return i_rank, t_count + 1
 

@@ -41,6 +41,7 @@ __all__ = [
     "normalize_answer",
     "read_slake",
     "read_vqa_json",
+    "read_synthetic_vqa",
     "read_vqa_rad",
 ]
 
@@ -268,6 +269,37 @@ def read_vqa_json(
         image_keys=("image_path", "image", "image_name", "img_name"),
         split_of=lambda row: str(row.get("split") or ""),
         keep=lambda row: split is None or str(row.get("split") or "") == split,
+        skips=skips,
+        source=path.name,
+    )
+
+
+def read_synthetic_vqa(root: str | os.PathLike, split: str = "test", *, skips: _Skips | None = None) -> list[VQASample]:
+    """The synthetic benchmark's ``<root>/vqa/<split>.json`` (images relative to ``root``), ids ``<image_id>#<n>``.
+
+    Example:
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp()); (root / "vqa").mkdir()
+        >>> rows = [{"image_id": "SYN-test-000000", "image": "data/test/radiology/images/SYN-test-000000.jpg",
+        ...          "question": "Which body region is shown?", "answer": "chest", "answer_type": "open",
+        ...          "question_type": "region"}]
+        >>> _ = (root / "vqa" / "test.json").write_text(json.dumps(rows))
+        >>> s = read_synthetic_vqa(root, "test")[0]
+        >>> s.qid, s.split, s.image_path.relative_to(root).parts[:2]
+        ('SYN-test-000000#0', 'test', ('data', 'test'))
+    """
+    root = Path(root)
+    path = root / "vqa" / f"{split}.json"
+    rows = _load_list(path)
+    for n, row in enumerate(rows):
+        if isinstance(row, dict) and "qid" not in row and "id" not in row:
+            row["qid"] = f"{row.get('image_id', '')}#{n}"
+    return _rows_to_samples(
+        rows,
+        root,
+        image_keys=("image", "image_path"),
+        split_of=lambda row: split,
+        keep=lambda row: True,
         skips=skips,
         source=path.name,
     )

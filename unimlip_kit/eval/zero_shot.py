@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from unimlip_kit.eval.classification import classification_metrics
 from unimlip_kit.utils.checks import check_embeddings
 
-__all__ = ["DEFAULT_TEMPLATES", "zero_shot_classifier", "zero_shot_evaluate", "zero_shot_logits"]
+__all__ = ["DEFAULT_TEMPLATES", "prompt_ensemble", "zero_shot_classifier", "zero_shot_evaluate", "zero_shot_logits"]
 
 #: Radiology-style prompt templates (``{}`` is replaced by the class name).
 DEFAULT_TEMPLATES: tuple[str, ...] = (
@@ -26,6 +26,32 @@ DEFAULT_TEMPLATES: tuple[str, ...] = (
     "a medical scan with {}",
     "this study shows {}",
 )
+
+
+def prompt_ensemble(encode_text: Callable[[list[str]], torch.Tensor], class_prompts: Sequence[Sequence[str]]) -> torch.Tensor:
+    """(C, D) unit class weights from any number of prompts per class (normalise, average, normalise).
+
+    Use it when prompts are not a template grid, e.g. several realistic captions per class.
+    ``encode_text`` is called once with all prompts.
+
+    Example:
+        >>> table = {"x": [1.0, 0.0], "y": [0.0, 2.0], "z": [0.0, 1.0]}
+        >>> prompt_ensemble(lambda xs: torch.tensor([table[p] for p in xs]), [["x", "y"], ["z"]])
+        tensor([[0.7071, 0.7071],
+                [0.0000, 1.0000]])
+    """
+    groups = [list(p) for p in class_prompts]
+    if not groups or any(not g for g in groups):
+        raise ValueError("class_prompts must give at least one prompt for every class")
+    flat = [p for g in groups for p in g]
+    emb = encode_text(flat)
+    if not isinstance(emb, torch.Tensor) or emb.ndim != 2 or emb.shape[0] != len(flat):
+        got = tuple(emb.shape) if isinstance(emb, torch.Tensor) else type(emb).__name__
+        raise ValueError(f"encode_text must return a ({len(flat)}, D) tensor for {len(flat)} prompts, got {got}")
+    emb = F.normalize(emb.float(), dim=-1)
+    owner = torch.repeat_interleave(torch.arange(len(groups)), torch.tensor([len(g) for g in groups])).to(emb.device)
+    sums = torch.zeros(len(groups), emb.shape[1], dtype=emb.dtype, device=emb.device).index_add_(0, owner, emb)
+    return F.normalize(sums, dim=-1)  # normalising the sum == normalising the mean
 
 
 def zero_shot_classifier(
@@ -49,13 +75,7 @@ def zero_shot_classifier(
         raise ValueError("class_names is empty")
     if not temps or any("{}" not in t for t in temps):
         raise ValueError(f"templates must be non-empty and each contain '{{}}', got {temps}")
-    prompts = [t.format(n) for n in names for t in temps]
-    emb = encode_text(prompts)
-    if not isinstance(emb, torch.Tensor) or emb.ndim != 2 or emb.shape[0] != len(prompts):
-        got = tuple(emb.shape) if isinstance(emb, torch.Tensor) else type(emb).__name__
-        raise ValueError(f"encode_text must return a ({len(prompts)}, D) tensor for {len(prompts)} prompts, got {got}")
-    emb = F.normalize(emb.float(), dim=-1).view(len(names), len(temps), -1).mean(1)
-    return F.normalize(emb, dim=-1)
+    return prompt_ensemble(encode_text, [[t.format(n) for t in temps] for n in names])
 
 
 def zero_shot_logits(image_emb: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
