@@ -24,6 +24,7 @@ MODULES = [
     "unimlip_kit.losses",
     "unimlip_kit.models",
     "unimlip_kit.ops",
+    "unimlip_kit.text",
     "unimlip_kit.utils",
 ]
 

@@ -1,24 +1,73 @@
 """Drop-in losses for medical vision-language pre-training (functions and thin nn.Modules)."""
 
+from unimlip_kit.losses.feature_views import (
+    KeptTokens,
+    dropout_views,
+    feature_dropout,
+    gather_tokens,
+    random_token_keep,
+)
 from unimlip_kit.losses.infonce import ContrastiveOutput, info_nce
 from unimlip_kit.losses.itc import ImageTextContrastiveLoss, image_text_contrastive_loss
+from unimlip_kit.losses.itm import (
+    ImageTextMatchingLoss,
+    ITMPairs,
+    build_itm_pairs,
+    image_text_matching_loss,
+    sample_itm_pairs,
+)
 from unimlip_kit.losses.logit_scale import LogitScale
+from unimlip_kit.losses.mlm import (
+    IGNORE_INDEX,
+    MaskedLanguageModelingLoss,
+    mask_tokens,
+    masked_language_modeling_loss,
+)
 from unimlip_kit.losses.ntxent import NTXentLoss, nt_xent_loss
 from unimlip_kit.losses.simcse import SimCSELoss, simcse_loss
+from unimlip_kit.losses.simsiam import SimSiamLoss, simsiam_loss
+from unimlip_kit.losses.unimlip import (
+    DEFAULT_WEIGHTS,
+    TERM_KEYS,
+    MissingLossInputsError,
+    UniMlipLoss,
+    UniMlipOutput,
+)
 from unimlip_kit.ops.hard_negative_gather import HardNegatives, gather_hard_negatives
 from unimlip_kit.ops.hard_negatives import sample_hard_negatives
 
 __all__ = [
     "ContrastiveOutput",
+    "DEFAULT_WEIGHTS",
     "HardNegatives",
+    "IGNORE_INDEX",
+    "ITMPairs",
     "ImageTextContrastiveLoss",
+    "ImageTextMatchingLoss",
+    "KeptTokens",
     "LogitScale",
+    "MaskedLanguageModelingLoss",
+    "MissingLossInputsError",
     "NTXentLoss",
     "SimCSELoss",
+    "SimSiamLoss",
+    "TERM_KEYS",
+    "UniMlipLoss",
+    "UniMlipOutput",
+    "build_itm_pairs",
+    "dropout_views",
+    "feature_dropout",
     "gather_hard_negatives",
+    "gather_tokens",
     "image_text_contrastive_loss",
+    "image_text_matching_loss",
     "info_nce",
+    "mask_tokens",
+    "masked_language_modeling_loss",
     "nt_xent_loss",
+    "random_token_keep",
     "sample_hard_negatives",
+    "sample_itm_pairs",
     "simcse_loss",
+    "simsiam_loss",
 ]

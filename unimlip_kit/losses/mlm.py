@@ -1,0 +1,164 @@
+"""BERT token masking and the masked-language-modelling loss (Devlin et al. 2019, arXiv 1810.04805).
+
+Uni-Mlip (like ALBEF) predicts masked caption tokens from the fusion encoder,
+i.e. conditioned on the image: :func:`mask_tokens` corrupts the caption,
+the fusion encoder's LM head gives logits, :func:`masked_language_modeling_loss`
+scores only the selected positions.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["IGNORE_INDEX", "MaskedLanguageModelingLoss", "mask_tokens", "masked_language_modeling_loss"]
+
+#: Label of positions that are not scored (PyTorch's ``cross_entropy`` default).
+IGNORE_INDEX = -100
+
+
+def _rand(shape: torch.Size, device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.rand(shape, device=device, generator=generator)
+
+
+def mask_tokens(
+    input_ids: torch.Tensor,
+    *,
+    mask_token_id: int,
+    vocab_size: int,
+    special_token_ids: Iterable[int] = (),
+    attention_mask: torch.Tensor | None = None,
+    prob: float = 0.15,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""BERT's masking rule; returns ``(masked_ids, labels)``.
+
+    1. Candidates are the tokens with ``attention_mask == 1`` (all tokens if
+       ``None``) whose id is not in ``special_token_ids`` ([CLS], [SEP], [PAD], ...).
+    2. Each candidate is selected independently with probability ``prob``;
+       a sequence with candidates but no selection gets one candidate chosen
+       uniformly, so every non-empty sequence has a target.
+    3. Of the selected tokens 80% become ``mask_token_id``, 10% a random token
+       drawn uniformly from ``[0, vocab_size)`` minus the special ids, 10% stay.
+
+    ``labels`` holds the original id at selected positions and
+    ``IGNORE_INDEX`` (−100) elsewhere. Inputs are not modified. Random draws
+    use ``generator`` (on ``input_ids``' device) — same generator state, same
+    masks. Shapes (B, L) or (L,).
+
+    Example:
+        >>> ids = torch.tensor([[101, 7, 8, 9, 102, 0]])
+        >>> g = torch.Generator().manual_seed(0)
+        >>> masked, labels = mask_tokens(ids, mask_token_id=103, vocab_size=200,
+        ...     special_token_ids=(0, 101, 102), attention_mask=torch.tensor([[1, 1, 1, 1, 1, 0]]), generator=g)
+        >>> bool((labels[:, [0, 4, 5]] == -100).all()), int((labels != -100).sum()) >= 1
+        (True, True)
+        >>> bool(torch.equal(masked[labels == -100], ids[labels == -100]))
+        True
+    """
+    if not isinstance(input_ids, torch.Tensor) or input_ids.is_floating_point() or input_ids.dtype == torch.bool:
+        raise ValueError(f"input_ids must be an integer tensor, got {getattr(input_ids, 'dtype', type(input_ids).__name__)}")
+    if input_ids.ndim not in (1, 2):
+        raise ValueError(f"input_ids must be (B, L) or (L,), got shape {tuple(input_ids.shape)}")
+    if not 0.0 <= float(prob) <= 1.0:
+        raise ValueError(f"prob must be in [0, 1], got {prob}")
+    vocab_size = int(vocab_size)
+    specials = sorted({int(s) for s in special_token_ids})
+    if vocab_size <= len([s for s in specials if 0 <= s < vocab_size]):
+        raise ValueError(f"vocab_size={vocab_size} leaves no non-special token to draw random replacements from")
+    if not 0 <= int(mask_token_id) < vocab_size:
+        raise ValueError(f"mask_token_id={mask_token_id} must lie in [0, vocab_size={vocab_size})")
+    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask must match input_ids {tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}")
+    squeeze = input_ids.ndim == 1
+    ids = input_ids.unsqueeze(0) if squeeze else input_ids
+    dev = ids.device
+    cand = torch.ones_like(ids, dtype=torch.bool) if attention_mask is None else attention_mask.reshape(ids.shape).to(dev).bool()
+    if specials:
+        cand &= ~torch.isin(ids, torch.tensor(specials, device=dev, dtype=ids.dtype))
+
+    selected = (_rand(ids.shape, dev, generator) < float(prob)) & cand
+    # At least one target per non-empty sequence: pick a uniform candidate where none was drawn.
+    needs = cand.any(dim=1) & ~selected.any(dim=1)
+    score = _rand(ids.shape, dev, generator).masked_fill(~cand, -1.0)
+    forced = F.one_hot(score.argmax(dim=1), ids.shape[1]).bool() & needs[:, None]
+    selected |= forced
+
+    u = _rand(ids.shape, dev, generator)
+    to_mask = selected & (u < 0.8)
+    to_random = selected & (u >= 0.8) & (u < 0.9)
+    allowed = torch.ones(vocab_size, dtype=torch.bool, device=dev)
+    in_range = [s for s in specials if 0 <= s < vocab_size]
+    if in_range:
+        allowed[torch.tensor(in_range, device=dev)] = False
+    pool = allowed.nonzero().squeeze(1).to(ids.dtype)
+    random_ids = pool[torch.randint(pool.numel(), ids.shape, device=dev, generator=generator)]
+
+    masked = ids.clone()
+    masked[to_mask] = int(mask_token_id)
+    masked[to_random] = random_ids[to_random]
+    labels = ids.masked_fill(~selected, IGNORE_INDEX)
+    if squeeze:
+        return masked.squeeze(0), labels.squeeze(0)
+    return masked, labels
+
+
+def masked_language_modeling_loss(
+    logits: torch.Tensor, labels: torch.Tensor, *, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
+    r"""Cross-entropy over the selected positions only.
+
+    .. math::
+        \mathcal L_{mlm} = \frac{1}{|S|}\sum_{(b,l)\in S} -\log \mathrm{softmax}(z_{bl})_{y_{bl}},
+        \qquad S = \{(b,l) : y_{bl} \ne -100\}
+
+    ``logits`` (..., V) and ``labels`` (...) share their leading shape: pass
+    the full (B, L, V) logits, or — to save memory with large vocabularies —
+    only the rows at ``labels != -100`` with their labels. With no selected
+    position the loss is 0 (and keeps the graph), never NaN. Computed in
+    float32 or wider.
+
+    Example:
+        >>> logits = torch.randn(2, 3, 10); labels = torch.tensor([[4, -100, -100], [-100, 7, -100]])
+        >>> ref = torch.nn.functional.cross_entropy(logits[labels != -100], labels[labels != -100])
+        >>> torch.allclose(masked_language_modeling_loss(logits, labels), ref)
+        True
+    """
+    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point() or logits.ndim < 2:
+        raise ValueError(f"logits must be a floating (..., V) tensor, got {getattr(logits, 'shape', type(logits).__name__)}")
+    if not isinstance(labels, torch.Tensor) or labels.shape != logits.shape[:-1]:
+        raise ValueError(
+            f"labels must have shape {tuple(logits.shape[:-1])} (logits {tuple(logits.shape)} without V), "
+            f"got {getattr(labels, 'shape', None)}"
+        )
+    if labels.is_floating_point():
+        raise ValueError(f"labels must be integer token ids, got {labels.dtype}")
+    v = logits.shape[-1]
+    flat_labels = labels.reshape(-1).long()
+    keep = flat_labels != ignore_index
+    if bool(((flat_labels[keep] < 0) | (flat_labels[keep] >= v)).any()):
+        raise ValueError(f"labels hold ids outside [0, V={v}) at selected positions")
+    acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    flat = logits.reshape(-1, v)
+    if not bool(keep.any()):
+        return flat.sum().to(acc) * 0.0
+    return F.cross_entropy(flat[keep].to(acc), flat_labels[keep])
+
+
+class MaskedLanguageModelingLoss(nn.Module):
+    """Module form of :func:`masked_language_modeling_loss`; called ``loss(logits, labels)``.
+
+    Example:
+        >>> MaskedLanguageModelingLoss()(torch.zeros(1, 2, 4), torch.tensor([[1, -100]])).item() == torch.log(torch.tensor(4.0)).item()
+        True
+    """
+
+    def __init__(self, ignore_index: int = IGNORE_INDEX) -> None:
+        super().__init__()
+        self.ignore_index = int(ignore_index)
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return masked_language_modeling_loss(logits, labels, ignore_index=self.ignore_index)
