@@ -2,7 +2,7 @@
 
     python benchmarks/bench_contrastive.py                      # N = 1024 … 16384, D = 512, float32, CPU
     python benchmarks/bench_contrastive.py --sizes 1024 2048 --repeats 2
-    python benchmarks/bench_contrastive.py --device cuda --dtype bfloat16 --backends tiled triton baseline
+    python benchmarks/bench_contrastive.py --device cuda --dtype bfloat16   # + the Triton kernel (backend triton)
 
 Each (backend, N) runs in its own process (clean peak memory), with a warm-up
 call then the median of ``--repeats``. The baseline is open_clip's
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--dtype", default="float32")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--backends", nargs="+", default=["tiled", "baseline"])
+    p.add_argument("--backends", nargs="+", default=None, help="default: tiled baseline (+ triton on cuda)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: torch's default)")
@@ -141,9 +141,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     from unimlip_kit.utils.io import run_metadata, save_json
 
+    backends = args.backends or (["triton"] if args.device.startswith("cuda") else []) + ["tiled", "baseline"]
     rows = []
     for n in args.sizes:
-        for backend in args.backends:
+        for backend in backends:
             cfg = {"backend": backend, "n": n, "d": args.dim, "dtype": args.dtype, "device": args.device,
                    "repeats": args.repeats, "warmup": args.warmup, "threads": args.threads}
             row = run_worker(__file__, cfg)

@@ -39,6 +39,7 @@ import triton.language as tl
 from unimlip_kit.ops.reference import contrastive_lse_reference
 
 __all__ = [
+    "CUDA_CONFIGS",
     "SCRATCH_FRACTION",
     "contrastive_lse_reference",
     "contrastive_lse_triton",
@@ -56,20 +57,23 @@ def _interpreting(t: torch.Tensor) -> bool:
     return t.device.type == "cpu"
 
 
-def _blocks(t: torch.Tensor, d: int) -> dict:
+#: CUDA launch configurations per pass and input width ("half": bf16/fp16, "fp32"); benchmarks may
+#: override an entry (benchmarks/bench_kernels_gpu.py sweeps a few and keeps the fastest)
+CUDA_CONFIGS: dict[tuple[str, str], dict] = {
+    ("fwd", "half"): dict(BLOCK_M=128, BLOCK_N=128, BLOCK_D=64, num_warps=8, num_stages=3),
+    ("bwd", "half"): dict(BLOCK_M=128, BLOCK_N=64, BLOCK_D=64, num_warps=8, num_stages=2),
+    ("fwd", "fp32"): dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=32, num_warps=4, num_stages=2),
+    ("bwd", "fp32"): dict(BLOCK_M=64, BLOCK_N=32, BLOCK_D=32, num_warps=4, num_stages=2),
+}
+
+
+def _blocks(t: torch.Tensor, d: int, kind: str = "fwd") -> dict:
     if _interpreting(t):
         # the interpreter multiplies bf16 tiles wrongly: exact float32 products instead (bf16·bf16 fits fp32)
         return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_D=16, num_warps=1, IEEE=True, UPCAST=t.dtype == torch.bfloat16)
-    big = t.element_size() <= 2
-    return dict(
-        IEEE=t.dtype == torch.float32,  # float32 inputs: true fp32 products, not TF32
-        UPCAST=False,
-        BLOCK_M=128,
-        BLOCK_N=128 if big else 64,
-        BLOCK_D=64 if big else 32,
-        num_warps=8,
-        num_stages=3 if big else 2,
-    )
+    width = "fp32" if t.dtype == torch.float32 else "half"
+    # float32 inputs: true fp32 products (input_precision="ieee"), not TF32
+    return dict(CUDA_CONFIGS[(kind, width)], IEEE=t.dtype == torch.float32, UPCAST=False)
 
 
 @triton.jit
@@ -240,7 +244,7 @@ def _backward(a, b, scale, row_lse, col_lse, g_row, g_col, exclude_diagonal):
     m, d = a.shape
     n = b.shape[0]
     dev = a.device
-    cfg = _blocks(a, d)
+    cfg = _blocks(a, d, "bwd")
     has_row, has_col = g_row is not None, g_col is not None
     # normalise the upstream gradients so G stays O(1) in half precision (no fp16 underflow)
     gmax = torch.zeros((), dtype=torch.float32, device=dev)
