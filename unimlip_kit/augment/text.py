@@ -18,6 +18,9 @@ for", "free of", "rule out", "non-", "...n't", ...), laterality words
 (left/right and the pairs in :mod:`unimlip_kit.augment.laterality`, bilateral,
 ipsilateral, ...) and clause boundaries (a word carrying the punctuation or the
 conjunction itself, so deleting it cannot merge a negated clause with the next).
+As a safety net every edit is re-checked and dropped if the caption's sequence of
+negation cues or laterality words would change (deleting "X" in "free X of"
+would create the cue "free of").
 Swaps and insertions only happen inside clauses with no negation cue, so no
 finding moves into or out of a negation's scope: "no effusion, small nodule"
 never becomes "no nodule, small effusion".
@@ -31,6 +34,8 @@ torch's global RNG per call); caption ``i`` of a call uses
 
 from __future__ import annotations
 
+import copy
+import functools
 import random
 import re
 from dataclasses import dataclass
@@ -38,7 +43,8 @@ from typing import List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from unimlip_kit.augment.laterality import LATERALITY_PAIRS
+from unimlip_kit.augment.laterality import _PATTERN as _LATERALITY
+from unimlip_kit.augment.laterality import LATERALITY_PAIRS, find_laterality_words
 from unimlip_kit.augment.seeded import _stream_keys, base_seed
 from unimlip_kit.utils.seeding import derive_seed
 
@@ -81,43 +87,66 @@ class _Token:
         return f"{self.prefix}{self.core}{self.suffix}{self.space}"
 
 
-def _parts(core: str) -> List[str]:
-    return [p for p in re.split(r"[-/]", core.lower()) if p]
+_PHRASES_BY_FIRST: dict = {}
+for _ph in NEGATION_PHRASES:
+    _PHRASES_BY_FIRST.setdefault(_ph[0], []).append(_ph)
 
 
-def _is_negation_word(core: str) -> bool:
+@functools.lru_cache(maxsize=1 << 16)
+def _word_flags(core: str) -> Tuple[bool, bool, bool]:
+    """(negation cue, laterality word, terminator) for one word core (cached)."""
     low = core.lower()
-    return low in NEGATION_WORDS or low.endswith("n't") or any(p in NEGATION_WORDS for p in _parts(core))
+    parts = [p for p in re.split(r"[-/]", low) if p]
+    negation = low in NEGATION_WORDS or low.endswith("n't") or any(p in NEGATION_WORDS for p in parts)
+    laterality = any(p in LATERALITY_WORDS for p in parts) or bool(_LATERALITY.search(core))
+    return negation, laterality, low in TERMINATORS
+
+
+@functools.lru_cache(maxsize=1 << 12)
+def _split_token(token: str) -> Tuple[str, str, str]:
+    return _CORE.match(token).groups()  # type: ignore[union-attr,return-value]
 
 
 def _analyse(text: str) -> Tuple[List[_Token], str]:
     lead = text[: len(text) - len(text.lstrip())]
     toks: List[_Token] = []
-    for m in _TOKEN.finditer(text.lstrip()):
-        pre, core, suf = _CORE.match(m.group(1)).groups()  # type: ignore[union-attr]
-        toks.append(_Token(pre, core, suf, m.group(2)))
-    lows = [t.core.lower() for t in toks]
-    for i, t in enumerate(toks):
-        if _is_negation_word(t.core):
-            t.negation = t.protected = True
-        if any(p in LATERALITY_WORDS for p in _parts(t.core)):
-            t.laterality = t.protected = True
-        if lows[i] in TERMINATORS or _ENDS_CLAUSE.search(t.suffix) or not t.core:
-            t.boundary = t.protected = True
-    for phrase in NEGATION_PHRASES:
-        n = len(phrase)
-        for i in range(len(toks) - n + 1):
-            if tuple(lows[i : i + n]) == phrase:
-                for t in toks[i : i + n]:
-                    t.negation = t.protected = True
     clause = 0
-    for t in toks:
-        if t.core.lower() in TERMINATORS:
+    for m in _TOKEN.finditer(text.lstrip()):
+        pre, core, suf = _split_token(m.group(1))
+        negation, laterality, terminator = _word_flags(core)
+        ends = bool(suf) and _ENDS_CLAUSE.search(suf) is not None
+        if terminator:
             clause += 1
-        t.clause = clause
-        if _ENDS_CLAUSE.search(t.suffix):
+        boundary = terminator or ends or not core
+        toks.append(_Token(pre, core, suf, m.group(2), negation or laterality or boundary, boundary, negation, laterality, clause))
+        if ends:
             clause += 1
+    lows = None
+    for i, t in enumerate(toks):
+        first = t.core.lower()
+        if first in _PHRASES_BY_FIRST:
+            lows = lows or [u.core.lower() for u in toks]
+            for phrase in _PHRASES_BY_FIRST[first]:
+                if tuple(lows[i : i + len(phrase)]) == phrase:
+                    for u in toks[i : i + len(phrase)]:
+                        u.negation = u.protected = True
     return toks, lead
+
+
+def _render(toks: List[_Token], lead: str, original: str) -> str:
+    return lead + "".join(t.text() for t in toks).rstrip() + original[len(original.rstrip()) :]
+
+
+def _signature(toks: List[_Token]) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
+    """The negation cues and laterality words of a token list, recomputed from the words alone."""
+    lows = [t.core.lower() for t in toks]
+    neg = [_word_flags(t.core)[0] for t in toks]
+    for i, low in enumerate(lows):
+        for phrase in _PHRASES_BY_FIRST.get(low, ()):
+            if tuple(lows[i : i + len(phrase)]) == phrase:
+                neg[i : i + len(phrase)] = [True] * len(phrase)
+    lat = tuple(w for t in toks if _word_flags(t.core)[1] for w in find_laterality_words(t.core))
+    return tuple(w for w, n in zip(lows, neg) if n), lat
 
 
 def find_negation_cues(text: str) -> List[str]:
@@ -214,9 +243,14 @@ class CaptionAugment:
         op = rng.choice(self.ops)
         n = max(1, round(self.alpha * len(words)))
         negated = {t.clause for t in toks if t.negation}
+        signature = _signature(toks)
         for _ in range(n):
-            getattr(self, f"_{op}")(toks, negated, rng)
-        return lead + "".join(t.text() for t in toks).rstrip() + text[len(text.rstrip()):]
+            trial = list(toks)
+            getattr(self, f"_{op}")(trial, negated, rng)
+            # safety net: an edit that would create or break a cue (e.g. deleting X in "free X of") is dropped
+            if _signature(trial) == signature:
+                toks = trial
+        return _render(toks, lead, text)
 
     def _delete(self, toks: List[_Token], negated: set, rng: random.Random) -> None:
         free = [i for i, t in enumerate(toks) if not t.protected]
@@ -231,7 +265,9 @@ class CaptionAugment:
         groups = [g for g in by_clause.values() if len(g) >= 2]
         if groups:
             i, j = rng.sample(rng.choice(groups), 2)
-            toks[i].core, toks[j].core = toks[j].core, toks[i].core
+            a, b = copy.copy(toks[i]), copy.copy(toks[j])
+            a.core, b.core = toks[j].core, toks[i].core
+            toks[i], toks[j] = a, b
 
     def _insert(self, toks: List[_Token], negated: set, rng: random.Random) -> None:
         sources = [t for t in toks if not t.protected and t.clause not in negated]
@@ -254,4 +290,5 @@ class CaptionAugment:
         for i in range(start, min(start + length, len(toks))):
             if toks[i].protected:
                 break
+            toks[i] = copy.copy(toks[i])
             toks[i].core = self.mask_token
