@@ -5,7 +5,8 @@ negative text per image, one hard negative image per text) →
 :func:`build_itm_pairs` (gathers the fusion encoder's inputs for the N
 positive and ≤ 2N negative pairs, with labels) → the fusion encoder's 2-way
 head → :func:`image_text_matching_loss`. Everything is tensors in, tensors
-out, so any fusion model can use it.
+out, so any fusion model can use it. (To gather only the negative rows, without
+the positive block and labels, use :func:`unimlip_kit.ops.gather_hard_negatives`.)
 """
 
 from __future__ import annotations
