@@ -147,3 +147,10 @@ def test_nifti_raw_orientation_and_scaling() -> None:
     np.testing.assert_allclose(nifti_slice(path, 1, volume=3, canonical=False), ref, rtol=1e-6)
     with pytest.raises(ValueError, match="out of range"):
         nifti_slice(path, 99)
+
+
+def test_window_presets_agree_with_augment() -> None:
+    augment = pytest.importorskip("unimlip_kit.augment")
+    from unimlip_kit.data import WINDOW_PRESETS
+
+    assert {k: WINDOW_PRESETS[k] for k in augment.CT_WINDOWS} == dict(augment.CT_WINDOWS)

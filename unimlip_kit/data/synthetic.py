@@ -17,7 +17,7 @@ The dataset is written as::
     <root>/data/<split>/radiology/captions.txt     SYN-<split>-<index><TAB>caption
     <root>/data/<split>/radiology/images/<id>.jpg
     <root>/data/<split>/radiology/metadata.jsonl   id, label, group, modality, attributes
-    <root>/vqa/<split>.json                        [{image_id, image, question, answer, ...}]
+    <root>/vqa/<split>.json                        [{qid, image_id, image, question, answer, answer_type, question_type}]
     <root>/labels.json, <root>/manifest.json       class names; config, version, counts
 
 so training reads it with the real ROCO reader. ``root`` is a cache folder
@@ -70,7 +70,7 @@ __all__ = [
 ]
 
 #: Bump whenever rendering or captions change: it is part of the cache key.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 #: (modality, region) pairs the generator can draw.
 SCENE_TYPES: tuple[tuple[str, str], ...] = tuple(LESION_SITES)
 _ATTRS = (("left", "right"), ("upper", "lower"), ("small", "large"), ("hyper", "hypo"))
@@ -247,8 +247,8 @@ def _write_split(root: Path, config: SyntheticConfig, split: str, progress: bool
                 "render_seed": s["render_seed"],
             }
         )
-        for q in s["qa"]:
-            vqa.append({"image_id": s["id"], "image": f"data/{split}/radiology/images/{name}", **q})
+        for k, q in enumerate(s["qa"]):
+            vqa.append({"qid": f"{s['id']}#{k}", "image_id": s["id"], "image": f"data/{split}/radiology/images/{name}", **q})
     (folder / "captions.txt").write_text("".join(captions), encoding="utf-8")
     (folder / "metadata.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metadata), encoding="utf-8")
     save_json(root / "vqa" / f"{split}.json", vqa)

@@ -7,7 +7,11 @@ Follows the linear VOI LUT of DICOM PS3.3 C.11.2.1.2.1 with output range
     y = 1                                   if x >  c - 0.5 + (w - 1) / 2
     y = (x - (c - 0.5)) / (w - 1) + 0.5     otherwise
 
-Named presets are the usual radiology windows (centre, width) in HU.
+Named presets are the usual radiology windows (centre, width) in HU; the
+ones :data:`unimlip_kit.augment.CT_WINDOWS` also names have the same values
+(a test keeps the two tables in agreement). This module decodes files, so it
+follows the DICOM formula; the augmentation's ``RandomWindow`` uses the plain
+``clamp((x - c + w/2) / w)``, which differs by at most ``0.5 / (w - 1)``.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ WINDOW_PRESETS: dict[str, tuple[float, float]] = {
     "liver": (60.0, 160.0),
     "lung": (-600.0, 1500.0),
     "mediastinum": (50.0, 350.0),
-    "soft_tissue": (50.0, 400.0),
+    "soft_tissue": (40.0, 400.0),
     "stroke": (40.0, 40.0),
     "subdural": (75.0, 215.0),
 }
