@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, print_table, sync, time_and_memory  # noqa: E402
+from common import RESULTS, print_table, time_and_memory  # noqa: E402
 
 from unimlip_kit.augment import MODALITIES, PRESET_RANGES, preset  # noqa: E402
 from unimlip_kit.augment.samples import sample_image  # noqa: E402
@@ -105,6 +106,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-monai", action="store_true", help="skip the MONAI baseline")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
+    load_start = os.getloadavg()
     have_monai = is_available("monai") and not args.no_monai
     rows = []
     for modality in args.modalities:
@@ -133,6 +135,8 @@ def main(argv=None) -> dict:
     out = {
         "benchmark": "augment",
         "config": {**vars(args), "strength": "medium", "threads": torch.get_num_threads()},
+        # other processes on the machine slow both sides; the ratio is the robust number
+        "load_average_1min": {"start": load_start[0], "end": os.getloadavg()[0], "cpus": os.cpu_count()},
         "baseline": "MONAI per-sample Compose" if have_monai else None,
         "note": None if have_monai else "MONAI not installed: pip install 'unimlip_kit[bench]'",
         "results": rows,

@@ -12,7 +12,6 @@ from typing import Any, Dict, Sequence, Tuple
 
 import torch
 from kornia.augmentation.random_generator import PlainUniformGenerator
-import torch.nn.functional as F
 
 from unimlip_kit.augment.base import RangeIntensityAugmentation, per_sample
 
