@@ -128,15 +128,16 @@ def test_unseeded_follows_global_rng():
 
 def test_workers_get_different_streams(monkeypatch):
     class Info:
-        def __init__(self, i):
-            self.id = i
+        def __init__(self, i, seed):
+            self.id, self.seed = i, seed
 
     x = torch.full((2, 1, 8, 8), 0.5)
     outs = []
-    for wid in (0, 1):
-        monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda wid=wid: Info(wid))
+    for wid, seed in ((0, 100), (1, 101), (0, 555), (0, 100)):  # two workers, then a new epoch's worker 0
+        monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda wid=wid, seed=seed: Info(wid, seed))
         outs.append(RandomGaussianNoise(p=1.0, generator=3)(x))
-    assert not torch.equal(outs[0], outs[1])
+    assert not torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], outs[2])
+    assert torch.equal(outs[0], outs[3])  # same worker seed -> same stream (reproducible runs)
 
 
 def test_gamma_and_window_match_float64_formula():
@@ -297,3 +298,25 @@ def test_cuda_matches_cpu_params():
     y = cpu(x)
     yg = gpu(x.cuda())
     torch.testing.assert_close(yg.cpu(), y)
+
+
+class _AugDataset(torch.utils.data.Dataset):
+    def __init__(self):
+        self.aug = RandomGaussianNoise(p=1.0, generator=11)
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return self.aug(torch.full((1, 1, 4, 4), 0.5))[0]
+
+
+def test_real_dataloader_workers_differ_and_runs_reproduce():
+    def run():
+        torch.manual_seed(0)
+        loader = torch.utils.data.DataLoader(_AugDataset(), batch_size=1, num_workers=2)
+        return [b[0] for b in loader]
+
+    a, b = run(), run()
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.equal(a[0], a[1])  # items 0 and 1 come from different workers, same call index

@@ -10,12 +10,15 @@ no per-instance generator (kornia #4427). Our transforms take
 * an ``int`` seed or a ``torch.Generator`` (from which one 63-bit base seed is
   drawn at construction) — call ``k`` of the transform samples its parameters
   with torch's RNG temporarily re-seeded to
-  ``derive_seed(base, "call", k, "worker", worker_id, "rank", rank)`` inside
+  ``derive_seed(base, "call", k, *stream_keys)`` inside
   :func:`torch.random.fork_rng`; the global RNG state is restored afterwards, so
   a seeded transform never perturbs (or is perturbed by) anything else.
-  The DataLoader worker id and distributed rank are mixed in so that copies of
-  one seeded transform in several workers or ranks never produce identical
-  streams (MONAI #398, #1068). ``manual_seed(s)`` restarts the stream.
+  Inside a DataLoader worker the worker id and the worker's torch seed
+  (``get_worker_info().seed``, drawn afresh from the main process's RNG for every
+  epoch's iterator) are mixed in, and under ``torch.distributed`` the rank, so
+  copies of one seeded transform never repeat a stream across workers, ranks or
+  epochs (MONAI #398, #1068), while ``seed_everything(seed)`` still makes a run
+  reproducible. ``manual_seed(s)`` restarts the stream.
 
 Replaying the last draw (``aug(x, params=aug._params)``) samples nothing and
 does not advance the stream.
@@ -56,7 +59,8 @@ def _stream_keys() -> Tuple[object, ...]:
     info = torch.utils.data.get_worker_info()
     keys: Tuple[object, ...] = ()
     if info is not None:
-        keys += ("worker", int(info.id))
+        # info.seed = the DataLoader's per-iterator base seed + worker id: differs per epoch, reproducible
+        keys += ("worker", int(info.id), int(getattr(info, "seed", 0)))
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         keys += ("rank", int(torch.distributed.get_rank()))
     return keys
