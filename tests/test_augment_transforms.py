@@ -320,3 +320,17 @@ def test_real_dataloader_workers_differ_and_runs_reproduce():
     a, b = run(), run()
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not torch.equal(a[0], a[1])  # items 0 and 1 come from different workers, same call index
+
+
+def test_works_inside_kornia_augmentation_sequential_with_masks():
+    import kornia.augmentation as K
+
+    seq = K.AugmentationSequential(
+        ConservativeResizedCrop(generator=0), SmallAffine(p=1.0, generator=1), RandomGamma(p=1.0, generator=2),
+        data_keys=["input", "mask"],
+    )
+    x = torch.rand(3, 1, 16, 16)
+    labels = (torch.rand(3, 1, 16, 16) > 0.5).float()
+    y, m = seq(x, labels)
+    assert y.shape == x.shape and m.shape == labels.shape
+    assert set(m.unique().tolist()) <= {0.0, 1.0}  # masks are resampled with nearest

@@ -7,6 +7,14 @@ with ``aug(x, params=aug._params)``; ``generator=`` makes a transform's stream
 reproducible (see :mod:`unimlip_kit.augment.seeded`). Captions:
 :class:`LateralityAwareFlip` keeps left/right true under flips and
 :class:`CaptionAugment` augments text without touching negation or laterality.
+
+Devices: images may live anywhere; parameters are sampled on the module's
+device (CPU by default, kornia's convention) and copied to the images'. Move the
+pipeline with the data (``preset("xray").to("cuda")``) so that per-pixel noise
+fields are drawn on the GPU too; a seeded stream is then drawn from the CUDA
+generator (streams are not bit-identical across devices).
+The transforms also work inside ``kornia.augmentation.AugmentationSequential``
+(masks are resampled with nearest neighbour).
 """
 
 from unimlip_kit.augment.bias_field import RandomBiasField

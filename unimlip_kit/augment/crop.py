@@ -18,6 +18,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from kornia.augmentation import GeometricAugmentationBase2D
 from kornia.augmentation.random_generator import PlainUniformGenerator
+from kornia.constants import Resample
 from kornia.geometry.transform import warp_affine
 
 from unimlip_kit.augment.seeded import SeededMixin
@@ -63,7 +64,8 @@ class ConservativeResizedCrop(SeededMixin, GeometricAugmentationBase2D):
             raise ValueError(f"need 0 < scale[0] <= scale[1] <= 1 and 0 < ratio[0] <= ratio[1], got {scale!r}, {ratio!r}")
         if size is not None and (len(size) != 2 or min(size) < 1):
             raise ValueError(f"size must be None or (H, W) with H, W >= 1, got {size!r}")
-        self.flags = {"size": None if size is None else (int(size[0]), int(size[1])), "mode": mode}
+        # kornia's flag name, so containers resample masks with nearest (GeometricAugmentationBase2D.transform_masks)
+        self.flags = {"size": None if size is None else (int(size[0]), int(size[1])), "resample": Resample.get(mode)}
         self._param_generator = PlainUniformGenerator(
             ((s0, s1), "scale", None, None),
             ((math.log(r0), math.log(r1)), "log_ratio", None, None),
@@ -117,7 +119,7 @@ class ConservativeResizedCrop(SeededMixin, GeometricAugmentationBase2D):
             transform = self.compute_transformation(input, params, flags)
         return warp_affine(
             input, transform[:, :2, :].to(input.dtype), self._out_size(input, flags),
-            mode=flags["mode"], padding_mode="border", align_corners=True,
+            mode=flags["resample"].name.lower(), padding_mode="border", align_corners=True,
         )
 
     def apply_non_transform(
@@ -130,4 +132,5 @@ class ConservativeResizedCrop(SeededMixin, GeometricAugmentationBase2D):
         if self._out_size(input, flags) == tuple(input.shape[-2:]):
             return input
         m = self._resize_matrix(input, flags)
-        return warp_affine(input, m[:, :2, :], self._out_size(input, flags), mode=flags["mode"], align_corners=True)
+        mode = flags["resample"].name.lower()
+        return warp_affine(input, m[:, :2, :], self._out_size(input, flags), mode=mode, align_corners=True)
