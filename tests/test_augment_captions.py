@@ -6,6 +6,8 @@ import re
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from unimlip_kit.augment import (
     CaptionAugment,
@@ -164,3 +166,27 @@ def test_text_aug_mask_uses_token_and_bad_args():
         CaptionAugment(ops=("shuffle",))
     with pytest.raises(TypeError):
         CaptionAugment()("a caption")
+
+
+FRAGMENTS = [
+    "left", "Left", "LEFT", "right", "Right", "RIGHT", "lEfT", "bright", "upright", "copyright", "leftover",
+    "-", "-sided", " ", ", ", ". ", "(", ")", "'s", "no", "not", "without", "negative for", "free", "of", "effusion",
+    "nodule", "but", "levoscoliosis", "dextrocardia", "rightward", "lung", "3", "_", "é",
+]
+texts = st.lists(st.sampled_from(FRAGMENTS), max_size=25).map("".join)
+
+
+@settings(max_examples=60, deadline=None)
+@given(texts)
+def test_swap_is_an_involution_matching_the_reference(text):
+    swapped = swap_laterality(text)
+    assert swap_laterality(swapped) == text
+    assert swapped == reference_swap(text)
+
+
+@settings(max_examples=40, deadline=None)
+@given(texts, st.integers(0, 2**31 - 1), st.sampled_from(CaptionAugment.OPS))
+def test_text_aug_never_changes_cues_on_generated_text(text, seed, op):
+    out = CaptionAugment(ops=(op,), alpha=0.5, p=1.0, generator=seed)([text])[0]
+    assert find_negation_cues(out) == find_negation_cues(text)
+    assert find_laterality_words(out) == find_laterality_words(text)
