@@ -133,3 +133,30 @@ def test_missing_split_is_a_clear_error(tmp_path: Path) -> None:
         read_roco(tmp_path, "validation")
     with pytest.raises(ValueError, match="split"):
         read_roco(tmp_path, "val")
+
+
+def test_verify_records_finds_corrupt_up_front(tmp_path: Path) -> None:
+    from unimlip_kit.data import verify_records
+
+    root = _roco(tmp_path)
+    skips = SkipCounter()
+    recs = verify_records(read_roco(root, "test", skips=skips), skips, num_threads=2)
+    assert [r.id for r in recs] == ["ROCO_00001", "ROCO_00002", "ROCO_00003", "ROCO_00004"]
+    assert skips.counts() == {"corrupt_image": 1, "empty_caption": 1, "missing_image": 1}
+
+
+def test_cli_check_and_synthetic(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from unimlip_kit.data.__main__ import main
+
+    root = _roco(tmp_path)
+    assert main(["check", str(root), "--split", "test", "--verify", "--preview", str(tmp_path / "p.png")]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out[out.index("{") : out.rindex("}") + 1])
+    assert summary["pairs"] == 4 and summary["skipped"]["total"] == 3
+    assert Image.open(tmp_path / "p.png").size == (4 * 96, 96)
+    assert main(["synthetic", "--n-train", "5", "--n-validation", "1", "--n-test", "1", "--image-size", "32",
+                 "--cache-dir", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out[out.index("{") : out.rindex("}") + 1])["pairs"] == 5

@@ -30,6 +30,7 @@ from unimlip_kit.data.synthetic import (
     synthetic_cache_key,
 )
 from unimlip_kit.data.tabular import read_csv_pairs, read_jsonl_pairs, read_pairs
+from unimlip_kit.data.verify import verify_records
 from unimlip_kit.data.window import WINDOW_PRESETS, apply_window, resolve_window
 
 __all__ = [
@@ -78,4 +79,5 @@ __all__ = [
     "roco_split_dir",
     "sample_scene",
     "synthetic_cache_key",
+    "verify_records",
 ]
