@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from unimlip_kit.losses import mask_tokens, masked_language_modeling_loss, random_token_keep
-from unimlip_kit.text import has_bundled_model, load_bundled_tokenizer
+from unimlip_kit.losses import dropout_views, mask_tokens, masked_language_modeling_loss, random_token_keep, simcse_loss
+from unimlip_kit.text import bundled_model_dir, has_bundled_model, load_bundled_tokenizer
 
 CAPTIONS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "roco_captions" / "validation.tsv"
 
@@ -70,3 +70,27 @@ def test_token_keep_real_captions(batch):
                               generator=torch.Generator().manual_seed(0))
     assert torch.equal(feats.index, kept.index)  # same generator state -> same tokens for ids and features
     assert torch.equal(feats.tokens[..., 0].long(), kept.tokens)
+
+
+def test_simcse_dropout_views_with_the_real_encoder(batch):
+    """Two dropout views of real captions from the bundled MiniLM in one pass, as unsupervised SimCSE does."""
+    from transformers import AutoModel
+
+    tok, ids, att = batch
+    model = AutoModel.from_pretrained(str(bundled_model_dir()), local_files_only=True).train()
+    ids, att = ids[:6, :24], att[:6, :24]
+    torch.manual_seed(0)
+    v1, v2 = dropout_views(model, input_ids=ids, attention_mask=att)
+    assert type(v1) is type(model(input_ids=ids[:1], attention_mask=att[:1]))  # ModelOutput type kept
+    torch.manual_seed(0)
+    both = model(input_ids=torch.cat([ids, ids]), attention_mask=torch.cat([att, att])).last_hidden_state
+    assert torch.equal(torch.cat([v1.last_hidden_state, v2.last_hidden_state]), both)
+    h1, h2 = v1.last_hidden_state[:, 0], v2.last_hidden_state[:, 0]
+    assert not torch.allclose(h1, h2)  # dropout differs between the copies
+    # positives (same caption, other dropout mask) are far closer than other captions
+    cos = torch.nn.functional.normalize(h1, dim=1) @ torch.nn.functional.normalize(h2, dim=1).T
+    assert bool((cos.diagonal() > cos.masked_fill(torch.eye(6, dtype=torch.bool), -1).max(1).values).all())
+    loss = simcse_loss(h1, h2, 0.05)
+    assert torch.isfinite(loss) and loss.item() < torch.log(torch.tensor(6.0)).item()
+    loss.backward()
+    assert model.embeddings.word_embeddings.weight.grad is not None

@@ -141,6 +141,16 @@ def _repeat(x: Any, n: int) -> Any:
     return x
 
 
+def _same_mapping_type(template: Mapping, data: dict) -> Any:
+    """Rebuild ``data`` as ``type(template)`` (e.g. a Hugging Face ``ModelOutput``), else a plain dict."""
+    if type(template) is dict:
+        return data
+    try:
+        return type(template)(**data)
+    except Exception:  # constructors that do not take the keys as keywords
+        return data
+
+
 def _split(y: Any, n: int) -> tuple[Any, ...]:
     if isinstance(y, torch.Tensor):
         if y.shape[0] % n:
@@ -148,7 +158,7 @@ def _split(y: Any, n: int) -> tuple[Any, ...]:
         return tuple(y.chunk(n, dim=0))
     if isinstance(y, Mapping):
         parts = {k: _split(v, n) for k, v in y.items()}
-        return tuple({k: parts[k][i] for k in parts} for i in range(n))
+        return tuple(_same_mapping_type(y, {k: parts[k][i] for k in parts}) for i in range(n))
     if y is None:
         return (None,) * n
     if isinstance(y, tuple) and hasattr(y, "_fields"):  # NamedTuple
@@ -165,8 +175,8 @@ def dropout_views(encoder: Callable[..., Any], *args: Any, n_views: int = 2, **k
 
     Tensor arguments (and tensors inside mapping arguments, e.g. a tokenizer's
     ``{"input_ids", "attention_mask"}``) are repeated along dim 0; the output
-    (a tensor, mapping, or tuple of tensors) is split back into ``n_views``
-    views. Warns if ``encoder`` is an ``nn.Module`` in eval mode (dropout is
+    (a tensor, mapping — a Hugging Face ``ModelOutput`` keeps its type — or
+    tuple of tensors) is split back into ``n_views`` views. Warns if ``encoder`` is an ``nn.Module`` in eval mode (dropout is
     off, the views would be identical).
 
     Example:
