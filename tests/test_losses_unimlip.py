@@ -120,6 +120,7 @@ def test_missing_inputs_name_term_and_keys():
     assert "'itm'" in msg and "['itm_labels']" in msg
     assert "'mlm'" in msg and "['mlm_logits', 'mlm_labels']" in msg
     assert "'itc'" not in msg
+    assert isinstance(err.value, KeyError) and isinstance(err.value, ValueError)
     # the same outputs are fine once those terms are switched off
     total, terms = UniMlipLoss({"text_ssl": 0, "itm": 0, "mlm": 0})(o)
     assert sorted(terms) == ["image_ssl", "itc", "itc_feature"]

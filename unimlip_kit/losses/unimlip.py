@@ -50,8 +50,12 @@ TERM_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 
-class MissingLossInputsError(KeyError):
-    """An enabled :class:`UniMlipLoss` term lacks model outputs; the message names term and keys."""
+class MissingLossInputsError(KeyError, ValueError):
+    """An enabled :class:`UniMlipLoss` term lacks model outputs; the message names term and keys.
+
+    A ``KeyError`` (a key is missing) and a ``ValueError`` (the project's bad-input error), so
+    either ``except`` clause catches it.
+    """
 
     def __str__(self) -> str:  # KeyError would print the repr of the message
         return str(self.args[0]) if self.args else ""
