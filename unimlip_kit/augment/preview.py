@@ -53,6 +53,14 @@ def load_image(path: str | Path, modality: str) -> torch.Tensor:
 
     Grey modalities get one channel, pathology three. DICOM applies the rescale
     slope/intercept (CT stays in HU). 8- and 16-bit files map losslessly onto [0, 1].
+
+    Example:
+        >>> import tempfile, numpy as np
+        >>> from PIL import Image
+        >>> path = Path(tempfile.mkdtemp()) / "x.png"
+        >>> Image.fromarray(np.array([[0, 255]], dtype=np.uint8)).save(path)
+        >>> load_image(path, "xray")
+        tensor([[[0., 1.]]])
     """
     path = Path(path)
     if not path.exists():
@@ -82,7 +90,12 @@ def load_image(path: str | Path, modality: str) -> torch.Tensor:
 
 
 def render_grid(images: torch.Tensor, cols: int, pad: int = 4) -> np.ndarray:
-    """Tile ``(N, C, H, W)`` images in [0, 1] into one uint8 ``(H', W', 3)`` array."""
+    """Tile ``(N, C, H, W)`` images in [0, 1] into one uint8 ``(H', W', 3)`` array (white gaps of ``pad``).
+
+    Example:
+        >>> render_grid(torch.zeros(5, 1, 8, 8), cols=3).shape  # 2 rows x 3 columns
+        (28, 40, 3)
+    """
     n, c, h, w = images.shape
     rows = math.ceil(n / cols)
     canvas = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, dtype=np.uint8)
@@ -95,7 +108,15 @@ def render_grid(images: torch.Tensor, cols: int, pad: int = 4) -> np.ndarray:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> List[Path]:
-    """Write one preview grid per strength; returns the written paths."""
+    """Write one preview grid per strength; returns the written paths.
+
+    Example:
+        >>> import tempfile
+        >>> out = Path(tempfile.mkdtemp()) / "mri.png"
+        >>> [p.name for p in main(["--modality", "mri", "--out", str(out), "--n", "2", "--size", "16", "--strengths", "light"])]
+        light: ...mri_light.png
+        ['mri_light.png']
+    """
     ap = argparse.ArgumentParser(prog="python -m unimlip_kit.augment.preview", description=__doc__.split("\n")[0])
     ap.add_argument("--image", default=None, help="PNG, JPEG or DICOM file (default: a generated phantom)")
     ap.add_argument("--modality", default="xray", choices=MODALITIES)
