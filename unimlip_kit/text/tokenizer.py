@@ -64,8 +64,8 @@ def load_bundled_tokenizer(*, use_fast: bool = True) -> Any:
     """Load the bundled uncased BERT WordPiece tokenizer offline (cached per process).
 
     The tokenizer is shared between calls; do not mutate it (``add_tokens``)
-    in place — copy it first. Special ids: ``[PAD]``\\ =0, ``[UNK]``\\ =100,
-    ``[CLS]``\\ =101, ``[SEP]``\\ =102, ``[MASK]``\\ =103; ``len(tok) == 30522``.
+    in place — copy it first. Special ids: [PAD] 0, [UNK] 100, [CLS] 101,
+    [SEP] 102, [MASK] 103 (``tok.all_special_ids``); ``len(tok) == 30522``.
 
     Example:
         >>> if has_bundled_model():
