@@ -19,6 +19,7 @@ equivalents only 1/g of the time (``ceiling_R@1 = mean 1/g``).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
     groups = Counter(r.group for r in test_recs)
     ceiling = sum(1 / groups[r.group] for r in test_recs) / n_test
     result = {
-        "metadata": run_metadata(),
+        "metadata": {**run_metadata(), "load_average_at_end": os.getloadavg()},
         "config": {**vars(args), "synthetic": cfg.__dict__},
         "generation": {"images": n_images, "seconds": gen_s, "images_per_s": n_images / gen_s, "cache_reuse_seconds": reuse_s},
         "loading": {"pairs": n_loaded, "seconds": load_s, "pairs_per_s": n_loaded / load_s},

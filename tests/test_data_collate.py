@@ -69,3 +69,30 @@ def test_all_skipped_batch_is_empty_not_an_error() -> None:
 
 def test_normalize_caption() -> None:
     assert normalize_caption("A  B.\n") == normalize_caption("a b") != normalize_caption("a b c")
+
+
+def test_epoch_sampler_shards_resume_and_epochs() -> None:
+    from unimlip_kit.data import EpochSampler, build_dataloader
+
+    n = 23
+    for drop_last in (False, True):
+        shards = []
+        for r in range(3):
+            s = EpochSampler(n, seed=5, rank=r, world_size=3, drop_last=drop_last)
+            s.set_epoch(2)
+            shards.append(list(s))
+            assert len(shards[-1]) == len(s)
+        assert len({len(x) for x in shards}) == 1  # equal shards: no rank waits at a collective
+        flat = [i for x in shards for i in x]
+        if drop_last:
+            assert len(flat) == 21 and len(set(flat)) == 21
+        else:
+            assert set(flat) == set(range(n)) and len(flat) == 24
+    a, b = EpochSampler(n, seed=5), EpochSampler(n, seed=5)
+    a.set_epoch(0)
+    b.set_epoch(1)
+    assert sorted(a) == list(range(n)) and list(a) != list(b)
+    b.set_epoch(0, start=7)
+    assert list(b) == list(a)[7:] and len(b) == n - 7
+    ds = [{"image": torch.zeros(1, 2, 2), "caption": f"c{i}", "id": str(i)} for i in range(5)]
+    assert len(list(build_dataloader(ds, 2, shuffle=False, persistent_workers=True))) == 3

@@ -148,7 +148,10 @@ def read_image_array(
         except ImportError:
             raise
         except Exception as err:  # pydicom/nibabel raise many types for bad files
-            raise ImageDecodeError(f"{p}: corrupt {fmt} file ({type(err).__name__}: {err})", "corrupt_image") from err
+            msg = str(err).lower()
+            missing_codec = any(w in msg for w in ("decoder", "handler", "plugin", "transfer syntax"))
+            reason = "unsupported_format" if missing_codec else "corrupt_image"
+            raise ImageDecodeError(f"{p}: cannot decode {fmt} file ({type(err).__name__}: {err})", reason) from err
     arr = np.asarray(arr, dtype=np.float32)
     if not np.isfinite(arr).all():
         raise ImageDecodeError(f"{p}: decoded image contains NaN or infinity", "corrupt_image")

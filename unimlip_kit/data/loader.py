@@ -109,6 +109,7 @@ def build_dataloader(
     """
     sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=seed, rank=rank, world_size=world_size, drop_last=drop_last)
     collate = getattr(dataset, "collate_fn", None) or collate_image_text
+    persistent = bool(kwargs.pop("persistent_workers", False)) and num_workers > 0
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -119,6 +120,6 @@ def build_dataloader(
         generator=make_generator(derive_seed(seed, "dataloader", rank)),
         drop_last=drop_last,
         pin_memory=pin_memory,
-        persistent_workers=num_workers > 0 and kwargs.pop("persistent_workers", False),
+        persistent_workers=persistent,
         **kwargs,
     )
