@@ -9,7 +9,8 @@ The baseline is the equivalent MONAI pipeline applied per sample, as a MONAI
 Dataset would (``pip install 'unimlip_kit[bench]'``; a missing MONAI becomes a
 note in the JSON, not a crash). Modalities whose ops MONAI lacks (HED stain
 jitter, speckle) use the closest MONAI ops and say so in ``baseline_note``.
-Warm-up, then the median of ``--repeats``; images/s = batch / median seconds.
+Warm-up, then ``--repeats`` rounds that alternate ours and MONAI (so a change in
+machine load hits both alike); images/s = batch / median seconds.
 Writes ``benchmarks/results/augment_<device>.json`` (with ``run_metadata()``) and
 ``augment_<device>.png``.
 """
@@ -19,13 +20,15 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, print_table, time_and_memory  # noqa: E402
+from common import RESULTS, print_table, sync  # noqa: E402
 
 from unimlip_kit.augment import MODALITIES, PRESET_RANGES, preset  # noqa: E402
 from unimlip_kit.augment.samples import sample_image  # noqa: E402
@@ -73,26 +76,42 @@ def monai_pipeline(modality: str, size: int):
     return mt.Compose(ops + clip), note
 
 
-def run_ours(modality: str, batch: torch.Tensor, repeats: int, warmup: int) -> dict:
+def make_steps(modality: str, batch: torch.Tensor, have_monai: bool):
+    """The two timed callables: our batched preset, and MONAI per sample (or None), plus MONAI's note."""
     aug = preset(modality, "medium", generator=0).to(batch.device)
-    with torch.no_grad():
-        res = time_and_memory(lambda: aug(batch), batch.device, repeats, warmup)
-    return res
 
+    def ours() -> None:
+        with torch.no_grad():
+            aug(batch)
 
-def run_monai(modality: str, batch: torch.Tensor, repeats: int, warmup: int) -> dict:
+    if not have_monai:
+        return ours, None, ""
     pipe, note = monai_pipeline(modality, batch.shape[-1])
     pipe.set_random_state(seed=0)
     cpu = batch.cpu()
     if modality == "ct":
         cpu = cpu.clamp(*PRESET_RANGES["ct"][0])
 
-    def step() -> None:
+    def monai() -> None:
         torch.stack([torch.as_tensor(pipe(img)) for img in cpu])
 
-    res = time_and_memory(step, torch.device("cpu"), repeats, warmup)
-    res["note"] = note
-    return res
+    return ours, monai, note
+
+
+def interleaved_times(steps, device: torch.device, repeats: int, warmup: int):
+    """Seconds per call for each step, alternating the steps in every repeat so load changes hit both alike."""
+    for step in steps:
+        for _ in range(warmup):
+            step()
+    times = [[] for _ in steps]
+    for _ in range(repeats):
+        for k, step in enumerate(steps):
+            sync(device)
+            t0 = time.perf_counter()
+            step()
+            sync(device)
+            times[k].append(time.perf_counter() - t0)
+    return times
 
 
 def main(argv=None) -> dict:
@@ -104,7 +123,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--modalities", nargs="+", default=list(MODALITIES), choices=MODALITIES)
     ap.add_argument("--no-monai", action="store_true", help="skip the MONAI baseline")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads for both sides (default: torch's)")
+    ap.add_argument("--tag", default="", help="suffix for the result files, e.g. '_1thread'")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     load_start = os.getloadavg()
     have_monai = is_available("monai") and not args.no_monai
@@ -112,21 +135,24 @@ def main(argv=None) -> dict:
     for modality in args.modalities:
         img = sample_image(modality, args.size, seed=0)
         batch = img[None].repeat(args.batch, 1, 1, 1).to(device)
-        ours = run_ours(modality, batch, args.repeats, args.warmup)
+        ours, monai, note = make_steps(modality, batch, have_monai)
+        steps = [ours] + ([monai] if monai is not None else [])
+        times = interleaved_times(steps, device, args.repeats, args.warmup)
+        t_ours = statistics.median(times[0])
         row = {
             "modality": modality,
             "shape": list(batch.shape),
-            "ours_seconds": ours["seconds_median"],
-            "ours_seconds_all": ours["seconds_all"],
-            "ours_images_per_s": args.batch / ours["seconds_median"],
+            "ours_seconds": t_ours,
+            "ours_seconds_all": times[0],
+            "ours_images_per_s": args.batch / t_ours,
         }
-        if have_monai:
-            base = run_monai(modality, batch, args.repeats, args.warmup)
+        if monai is not None:
+            t_monai = statistics.median(times[1])
             row.update(
-                monai_seconds=base["seconds_median"],
-                monai_seconds_all=base["seconds_all"],
-                monai_images_per_s=args.batch / base["seconds_median"],
-                baseline_note=base["note"],
+                monai_seconds=t_monai,
+                monai_seconds_all=times[1],
+                monai_images_per_s=args.batch / t_monai,
+                baseline_note=note,
             )
             row["speedup"] = row["ours_images_per_s"] / row["monai_images_per_s"]
         rows.append(row)
@@ -143,8 +169,8 @@ def main(argv=None) -> dict:
         "metadata": run_metadata(),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = save_json(RESULTS / f"augment_{device.type}.json", out)
-    chart(rows, RESULTS / f"augment_{device.type}.png", args)
+    path = save_json(RESULTS / f"augment_{device.type}{args.tag}.json", out)
+    chart(rows, RESULTS / f"augment_{device.type}{args.tag}.png", args)
     print(f"wrote {path}")
     return out
 

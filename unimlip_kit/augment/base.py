@@ -22,6 +22,10 @@ from unimlip_kit.augment.seeded import SeededMixin
 __all__ = ["RangeIntensityAugmentation", "per_sample"]
 
 
+def _per_row(value: object, like: torch.Tensor) -> bool:
+    return isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == like.shape[0]
+
+
 def per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Reshape per-sample params ``(B,)`` or ``(B, K)`` to broadcast over ``like`` (B, C, H, W).
 
@@ -76,14 +80,54 @@ class RangeIntensityAugmentation(SeededMixin, IntensityAugmentationBase2D):
         flags: Dict[str, Any],
         transform: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
+        rows = self._applied_rows(input, params)
+        if rows is None:
+            return self._apply_range(input, params, flags)
+        # only the samples the p gate selected are computed; kornia blends the rest back to the input
+        out = input.clone()
+        if bool(rows.any()):
+            sub = {
+                k: (v[rows.to(v.device)] if k != "forward_input_shape" and _per_row(v, input) else v)
+                for k, v in params.items()
+            }
+            out[rows] = self._apply_range(input[rows], sub, flags)
+        return out
+
+    def _applied_rows(self, input: torch.Tensor, params: Dict[str, torch.Tensor]) -> Optional[torch.Tensor]:
+        """Boolean rows to compute, or ``None`` for all (p = 1, as kornia's gate, or every row selected)."""
+        if self.p == 1.0 and self.p_batch == 1.0:
+            return None
+        prob = params.get("batch_prob")
+        if prob is None or prob.ndim != 1 or prob.shape[0] != input.shape[0]:
+            return None
+        rows = (prob > 0.5).to(input.device)
+        return None if bool(rows.all()) else rows
+
+    def _apply_range(self, input: torch.Tensor, params: Dict[str, torch.Tensor], flags: Dict[str, Any]) -> torch.Tensor:
         lo, hi = flags["value_range"]
         unit = input if (lo, hi) == (0.0, 1.0) else (input - lo) / (hi - lo)
         out = self.apply_unit(unit, params, flags).clamp(0.0, 1.0)
         return out if (lo, hi) == (0.0, 1.0) else out * (hi - lo) + lo
 
-    def _field(self, shape: Sequence[int], channels: int) -> torch.Tensor:
-        """A standard-normal field ``(B, channels, H, W)`` (shared across the batch if ``same_on_batch``)."""
-        b, _, h, w = shape
-        if self.same_on_batch:
-            return torch.randn(1, channels, h, w, device=self.device, dtype=self.dtype).expand(b, channels, h, w)
-        return torch.randn(b, channels, h, w, device=self.device, dtype=self.dtype)
+    def _field_seeds(self, batch_size: int) -> torch.Tensor:
+        """Per-sample int64 seeds for noise fields (shared if ``same_on_batch``); fields are drawn at apply time."""
+        n = 1 if self.same_on_batch else batch_size
+        return torch.randint(0, 2**62, (n,), dtype=torch.int64).expand(batch_size)
+
+    @staticmethod
+    def noise_fields(seeds: torch.Tensor, channels: int, like: torch.Tensor) -> torch.Tensor:
+        """Standard-normal fields ``(n, channels, H, W)`` on ``like``'s device, one per seed (replayable).
+
+        Only the samples that are transformed draw a field, so a transform with
+        ``p = 0.3`` pays for 30% of the random numbers, and ``_params`` stays small.
+        """
+        h, w = like.shape[-2:]
+        out = torch.empty(len(seeds), channels, h, w, device=like.device, dtype=like.dtype)
+        gen = torch.Generator(device=like.device)
+        cache: Dict[int, torch.Tensor] = {}
+        for i, s in enumerate(seeds.tolist()):
+            if s not in cache:
+                gen.manual_seed(int(s))
+                cache[s] = torch.randn(channels, h, w, generator=gen, device=like.device, dtype=like.dtype)
+            out[i] = cache[s]
+        return out

@@ -15,11 +15,17 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from kornia.geometry.transform import warp_affine
+
+from unimlip_kit.augment.crop import ConservativeResizedCrop
+from unimlip_kit.augment.geometry import SmallAffine
 from unimlip_kit.augment.ranges import as_value_range, check_images, to_float
 from unimlip_kit.augment.seeded import base_seed
 from unimlip_kit.utils.seeding import derive_seed
 
 __all__ = ["MedicalCompose", "TwoViews"]
+
+_FUSABLE = (ConservativeResizedCrop, SmallAffine)
 
 
 class MedicalCompose(nn.Module):
@@ -32,6 +38,8 @@ class MedicalCompose(nn.Module):
         out_of_range: ``"raise"`` (default) if float input leaves ``value_range``, or ``"clip"``.
         generator: ``int`` seed / ``torch.Generator`` / ``None``; child ``i`` gets
             ``derive_seed(base, i, class name)`` (see :mod:`unimlip_kit.augment.seeded`).
+        fuse_geometry: run consecutive :class:`ConservativeResizedCrop` / :class:`SmallAffine`
+            children as one warp with the product of their matrices (one interpolation).
 
     Example:
         >>> from unimlip_kit.augment import RandomGamma, SmallAffine
@@ -56,8 +64,10 @@ class MedicalCompose(nn.Module):
         out_of_range: str = "raise",
         channels: Sequence[int] = (1, 3),
         generator: int | torch.Generator | None = None,
+        fuse_geometry: bool = True,
     ) -> None:
         super().__init__()
+        self.fuse_geometry = bool(fuse_geometry)
         if out_of_range not in ("raise", "clip"):
             raise ValueError(f"out_of_range must be 'raise' or 'clip', got {out_of_range!r}")
         self.transforms = nn.ModuleList(transforms)
@@ -107,12 +117,42 @@ class MedicalCompose(nn.Module):
         x = self.prepare(images)
         if params is not None and len(params) != len(self.transforms):
             raise ValueError(f"params has {len(params)} entries for {len(self.transforms)} transforms")
-        used: List[Dict[str, torch.Tensor]] = []
-        for i, t in enumerate(self.transforms):
-            x = t(x, params=None if params is None else params[i])
-            used.append(t._params)
-        self._params = used
+        n = len(self.transforms)
+        i = 0
+        while i < n:
+            j = i
+            while self.fuse_geometry and j < n and isinstance(self.transforms[j], _FUSABLE):
+                j += 1
+            if j - i >= 2:
+                x = self._fused_warp(x, range(i, j), params)
+                i = j
+                continue
+            x = self.transforms[i](x, params=None if params is None else params[i])
+            i += 1
+        self._params = [t._params for t in self.transforms]
         return x
+
+    def _fused_warp(self, x: torch.Tensor, idx: range, params: Optional[Sequence[Dict[str, Any]]]) -> torch.Tensor:
+        """Consecutive matrix transforms (crop, affine) as ONE resampling: ``M = M_k ... M_1``.
+
+        Each child samples (or is given) its own params and builds its kornia
+        ``(B, 3, 3)`` matrix for the shape it would see (identity rows where its
+        ``p`` gate skipped a sample); one ``warp_affine`` then applies the product.
+        One interpolation instead of several: faster and less blur.
+        """
+        shape = tuple(x.shape)
+        total: Optional[torch.Tensor] = None
+        for k in idx:
+            t = self.transforms[k]
+            p = params[k] if params is not None else t.forward_parameters(torch.Size(shape))
+            meta = torch.empty((), device=x.device, dtype=x.dtype).expand(shape)  # shape only, no storage
+            m = t.generate_transformation_matrix(meta, p, t.flags).to(x.device, x.dtype)
+            t._commit_state(params=p, transform_matrix=m)
+            total = m if total is None else m @ total
+            if isinstance(t, ConservativeResizedCrop):
+                shape = shape[:2] + tuple(t._out_size(meta, t.flags))
+        assert total is not None
+        return warp_affine(x, total[:, :2, :], shape[-2:], mode="bilinear", padding_mode="border", align_corners=True)
 
     def extra_repr(self) -> str:
         return f"value_range={self.value_range}, output_range={self.output_range}"

@@ -1,9 +1,10 @@
 """Additive Gaussian, Rician (MRI magnitude) and multiplicative speckle (ultrasound) noise.
 
 All three draw a per-sample ``sigma ~ U(sigma)`` (a fraction of the value
-range) and standard-normal fields of shape ``(B, 1, H, W)`` per component in
-``generate_parameters``, so the noise is stored in ``_params`` and replays
-exactly. One field is shared by all channels: grey images stay grey.
+range) and a per-sample seed in ``generate_parameters``; the standard-normal
+field ``(1, H, W)`` per component is drawn from that seed when the sample is
+transformed, so ``_params`` replays the noise exactly while samples the ``p``
+gate skips cost nothing. One field is shared by all channels: grey images stay grey.
 
 * Gaussian: ``u + sigma * n``.
 * Rician (Gudbjartsson & Patz 1995): the magnitude of a complex signal with
@@ -44,11 +45,11 @@ class _NoiseBase(RangeIntensityAugmentation):
 
     def generate_parameters(self, batch_shape: Tuple[int, ...]) -> Dict[str, torch.Tensor]:
         params = super().generate_parameters(batch_shape)
-        params["noise"] = self._field(batch_shape, self.fields)
+        params["noise_seed"] = self._field_seeds(batch_shape[0])
         return params
 
     def _sigma_noise(self, unit: torch.Tensor, params: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-        return per_sample(params["sigma"], unit), params["noise"].to(unit.device, unit.dtype)
+        return per_sample(params["sigma"], unit), self.noise_fields(params["noise_seed"], self.fields, unit)
 
 
 class RandomGaussianNoise(_NoiseBase):
