@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
             if step % args.eval_every == 0 or step == args.steps:
                 m = evaluate(img_enc, txt_enc, tok, test_loader)
                 evals.append((step, m["i2t"]["R@1"], m["t2i"]["R@1"]))
-                print(f"step {step:5d}  loss {float(loss):.3f}  i2t R@1 {m['i2t']['R@1']:.3f}  t2i R@1 {m['t2i']['R@1']:.3f}", flush=True)
+                print(f"step {step:5d}  loss {float(loss.detach()):.3f}  i2t R@1 {m['i2t']['R@1']:.3f}  t2i R@1 {m['t2i']['R@1']:.3f}", flush=True)
             if step >= args.steps:
                 break
         epoch += 1
