@@ -274,3 +274,29 @@ def _ensure_builtin() -> None:
     register_backend(
         "hard_negatives", "triton", priority=20, reasons=_triton_hn_reasons, loader=_triton_hn, auto_devices=("cuda",)
     )
+
+    # Attention in the fusion encoder: SDPA always runs; xformers is automatic on CUDA when installed.
+    def _sdpa():
+        from unimlip_kit.models.attention import attention_sdpa
+
+        return attention_sdpa
+
+    def _xformers():
+        from unimlip_kit.models.attention import attention_xformers
+
+        return attention_xformers
+
+    def _xformers_reasons(device: torch.device, dtype: torch.dtype) -> list[str]:
+        from unimlip_kit.utils.optional import is_available
+
+        why = []
+        if not is_available("xformers"):
+            why.append("xformers is not installed (pip install 'unimlip_kit[xformers]')")
+        if device.type != "cuda":
+            why.append(f"memory-efficient attention needs CUDA tensors, got {device.type}")
+        if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+            why.append(f"dtype {dtype} is not supported (float16, bfloat16, float32)")
+        return why
+
+    register_backend("attention", "sdpa", priority=0, reasons=_floating, loader=_sdpa)
+    register_backend("attention", "xformers", priority=10, reasons=_xformers_reasons, loader=_xformers, auto_devices=("cuda",))

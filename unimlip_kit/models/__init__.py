@@ -1,0 +1,25 @@
+"""UniMlipModel and its parts: Hugging Face towers, projections, fusion encoder, ITM and MLM heads."""
+
+from unimlip_kit.models.attention import attention
+from unimlip_kit.models.config import UniMlipModelConfig
+from unimlip_kit.models.fusion import FusionEncoder, FusionLayer, MultiHeadAttention
+from unimlip_kit.models.heads import ITMHead, MLMHead, ProjectionHead
+from unimlip_kit.models.towers import build_image_tower, build_text_tower, keep_tokens
+from unimlip_kit.models.unimlip import TERMS, UniMlipModel, build_itm_pairs
+
+__all__ = [
+    "FusionEncoder",
+    "FusionLayer",
+    "ITMHead",
+    "MLMHead",
+    "MultiHeadAttention",
+    "ProjectionHead",
+    "TERMS",
+    "UniMlipModel",
+    "UniMlipModelConfig",
+    "attention",
+    "build_image_tower",
+    "build_itm_pairs",
+    "build_text_tower",
+    "keep_tokens",
+]

@@ -1,0 +1,68 @@
+"""The model's dataclass config (used by :class:`UniMlipModel` and nested in the recipe's config)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["UniMlipModelConfig"]
+
+
+@dataclass
+class UniMlipModelConfig:
+    """Sizes of the towers and heads; defaults are the tiny CPU model of the default run.
+
+    Attributes:
+        image_model: Hugging Face hub id or local folder of a pretrained vision model
+            (``AutoModel``, e.g. a ViT); ``None`` builds a ViT from the fields below.
+        text_model: hub id or local folder of a pretrained BERT-like text model; ``None`` builds one.
+        image_size, patch_size, image_channels: the built ViT's input (grey radiographs: 1 channel).
+        vision_width, vision_layers, vision_heads: the built ViT's size.
+        vocab_size, max_text_len: the built text model's vocabulary (set from the tokenizer) and positions.
+        text_width, text_layers, text_heads: the built text model's size.
+        pad_token_id: the tokenizer's padding id (the built text model's embedding padding index).
+        embed_dim: the joint image-text embedding size (ITC).
+        proj_hidden: hidden size of the projection MLPs (0 = linear projection).
+        ssl_dim: output size of the image self-supervision projector (NT-Xent / SimSiam).
+        fusion_layers, fusion_heads: the cross-attention fusion encoder (width = text width).
+        dropout: dropout of the built towers and of the fusion encoder (SimCSE needs > 0).
+        logit_scale_init, logit_scale_max: CLIP's temperature, clamped at ``logit_scale_max`` (≤ 100).
+        image_keep_ratio: FLIP-style fraction of patch tokens kept in the feature-level image view
+            (1.0 = keep all, no speed-up).
+        attention_backend: ``None`` (automatic), ``"sdpa"`` or ``"xformers"`` for the fusion encoder.
+        image_ssl_predictor: add SimSiam's predictor (outputs ``image_p1``/``image_p2``).
+        pixel_mean, pixel_std: images in [0, 1] are normalised as ``(x - mean) / std`` inside the model.
+        mask_token_id, special_token_ids: the tokenizer's [MASK] and special ids (MLM masking
+            inside ``forward``; set by the recipe from the tokenizer).
+        mlm_probability: BERT's selection rate for image-conditioned MLM.
+    """
+
+    image_model: str | None = None
+    text_model: str | None = None
+    image_size: int = 64
+    patch_size: int = 8
+    image_channels: int = 1
+    vision_width: int = 128
+    vision_layers: int = 2
+    vision_heads: int = 4
+    vocab_size: int = 1000
+    max_text_len: int = 64
+    text_width: int = 128
+    text_layers: int = 2
+    text_heads: int = 4
+    pad_token_id: int = 0
+    embed_dim: int = 128
+    proj_hidden: int = 0
+    ssl_dim: int = 128
+    fusion_layers: int = 1
+    fusion_heads: int = 4
+    dropout: float = 0.1
+    logit_scale_init: float = 1 / 0.07
+    logit_scale_max: float = 100.0
+    image_keep_ratio: float = 0.5
+    attention_backend: str | None = None
+    image_ssl_predictor: bool = False
+    pixel_mean: float = 0.5
+    pixel_std: float = 0.25
+    mask_token_id: int | None = None
+    special_token_ids: list[int] = field(default_factory=list)
+    mlm_probability: float = 0.15

@@ -1,0 +1,257 @@
+"""UniMlipModel: image and text towers, joint projections, a cross-attention fusion encoder, ITM and MLM heads.
+
+Uni-Mlip (Bawazir, Wu, Li, BMVC 2024, arXiv 2411.15207) on an ALBEF-style
+backbone (Li et al. 2021, arXiv 2107.07651). ``forward(batch, terms)`` runs
+only the passes the enabled loss terms need and returns the mapping that
+:class:`unimlip_kit.losses.UniMlipLoss` consumes:
+
+=============  ===========================================  ==============================================
+term           passes                                       keys returned
+=============  ===========================================  ==============================================
+itc            image view 1, caption                        image_emb, text_emb, logit_scale
+itc_feature    image view 2 with FLIP token keeping,        image_emb_feat, text_emb_feat, logit_scale
+               augmented caption (its own dropout mask)
+image_ssl      image view 1 and view 2 (data + feature)     image_z1, image_z2 (+ image_p1, image_p2)
+text_ssl       caption and augmented caption (dropout)      text_h1, text_h2
+itm            hard negatives → fusion on 3N pairs          itm_logits (M, 2), itm_labels (M,)
+mlm            masked caption → fusion with view-1 tokens   mlm_logits (K, V), mlm_labels (K,)
+=============  ===========================================  ==============================================
+
+Every pass is shared between the terms that need it (view 1 serves itc,
+image_ssl, itm and mlm), so turning a term off saves its passes.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+import torch
+from torch import nn
+
+from unimlip_kit.losses.logit_scale import LogitScale
+from unimlip_kit.models.config import UniMlipModelConfig
+from unimlip_kit.models.fusion import FusionEncoder
+from unimlip_kit.models.heads import ITMHead, MLMHead, ProjectionHead
+from unimlip_kit.models.towers import build_image_tower, build_text_tower, keep_tokens, tower_width
+from unimlip_kit.ops.hard_negatives import sample_hard_negatives
+
+__all__ = ["TERMS", "UniMlipModel", "build_itm_pairs"]
+
+#: Every loss term the model can feed, in :class:`unimlip_kit.losses.UniMlipLoss`'s names.
+TERMS = ("itc", "itc_feature", "image_ssl", "text_ssl", "itm", "mlm")
+
+
+def build_itm_pairs(
+    n: int, text_for_image: torch.Tensor, image_for_text: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ALBEF's ITM batch: N positives, then (image i, text t4i[i]) and (image i4t[j], text j); −1 rows dropped.
+
+    Returns ``(image_index, text_index, labels)`` with label 1 for matched pairs.
+
+    Example:
+        >>> img, txt, lab = build_itm_pairs(2, torch.tensor([1, -1]), torch.tensor([1, 0]))
+        >>> img.tolist(), txt.tolist(), lab.tolist()
+        ([0, 1, 0, 1, 0], [0, 1, 1, 0, 1], [1, 1, 0, 0, 0])
+    """
+    ar = torch.arange(n, device=text_for_image.device)
+    ok_t, ok_i = text_for_image >= 0, image_for_text >= 0
+    image_index = torch.cat([ar, ar[ok_t], image_for_text[ok_i]])
+    text_index = torch.cat([ar, text_for_image[ok_t], ar[ok_i]])
+    labels = torch.cat([torch.ones(n, dtype=torch.long, device=ar.device),
+                        torch.zeros(int(ok_t.sum()) + int(ok_i.sum()), dtype=torch.long, device=ar.device)])
+    return image_index, text_index, labels
+
+
+class UniMlipModel(nn.Module):
+    """The Uni-Mlip dual encoder with a fusion encoder; see the module docstring for the output contract.
+
+    Batch keys: ``images`` (B, C, H, W) in [0, 1] (view 1), optional
+    ``images_view2``; ``input_ids``/``attention_mask`` (caption), optional
+    ``input_ids_aug``/``attention_mask_aug`` (text-augmented caption);
+    optional ``group_ids`` (B,) (pairs of one group are never each other's
+    hard negative); optional ``mlm_input_ids``/``mlm_labels`` (otherwise
+    masked here with :func:`unimlip_kit.losses.mask_tokens`).
+
+    Example:
+        >>> cfg = UniMlipModelConfig(vision_layers=1, text_layers=1, vision_width=32, text_width=32,
+        ...                          vision_heads=2, text_heads=2, fusion_heads=2, embed_dim=16, ssl_dim=16,
+        ...                          vocab_size=50, mask_token_id=3, special_token_ids=[0, 1, 2, 3])
+        >>> model = UniMlipModel(cfg)
+        >>> batch = {"images": torch.rand(4, 1, 64, 64), "input_ids": torch.randint(4, 50, (4, 9)),
+        ...          "attention_mask": torch.ones(4, 9, dtype=torch.long)}
+        >>> out = model(batch, terms=("itc", "itm"), generator=torch.Generator().manual_seed(0))
+        >>> sorted(out), out["image_emb"].shape, out["itm_logits"].shape
+        (['image_emb', 'itm_labels', 'itm_logits', 'logit_scale', 'text_emb'], torch.Size([4, 16]), torch.Size([12, 2]))
+    """
+
+    def __init__(self, config: UniMlipModelConfig | None = None) -> None:
+        super().__init__()
+        cfg = self.config = config or UniMlipModelConfig()
+        if not 0.0 < cfg.image_keep_ratio <= 1.0:
+            raise ValueError(f"image_keep_ratio must be in (0, 1], got {cfg.image_keep_ratio}")
+        if cfg.logit_scale_max > 100:
+            raise ValueError(f"logit_scale_max must be <= 100 (CLIP's clamp), got {cfg.logit_scale_max}")
+        self.image_tower = build_image_tower(cfg)
+        self.text_tower = build_text_tower(cfg)
+        vw, tw = tower_width(self.image_tower), tower_width(self.text_tower)
+        self.image_proj = ProjectionHead(vw, cfg.embed_dim, cfg.proj_hidden)
+        self.text_proj = ProjectionHead(tw, cfg.embed_dim, cfg.proj_hidden)
+        self.image_ssl_proj = ProjectionHead(vw, cfg.ssl_dim, hidden=vw, normalize=False)
+        self.image_ssl_pred = (
+            ProjectionHead(cfg.ssl_dim, cfg.ssl_dim, hidden=cfg.ssl_dim, normalize=False) if cfg.image_ssl_predictor else None
+        )
+        self.logit_scale = LogitScale(cfg.logit_scale_init, cfg.logit_scale_max)
+        self.fusion = FusionEncoder(tw, vw, cfg.fusion_layers, cfg.fusion_heads, dropout=cfg.dropout,
+                                    backend=cfg.attention_backend)
+        self.itm_head = ITMHead(tw)
+        vocab = int(getattr(self.text_tower.config, "vocab_size", cfg.vocab_size))
+        self.mlm_head = MLMHead(tw, vocab)
+        self.vocab_size = vocab
+
+    # ------------------------------------------------------------------ towers
+    def image_tokens(self, images: torch.Tensor, keep_index: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 1 + P', W) image tokens ([CLS] first); ``keep_index`` (B, K) keeps only those patches."""
+        if images.dim() != 4:
+            raise ValueError(f"images must be (B, C, H, W), got {tuple(images.shape)}")
+        x = (images - self.config.pixel_mean) / self.config.pixel_std
+        want = int(getattr(self.image_tower.config, "num_channels", x.shape[1]))
+        if x.shape[1] != want:
+            if x.shape[1] == 1:
+                x = x.expand(-1, want, -1, -1)
+            else:
+                raise ValueError(f"images have {x.shape[1]} channels but the image tower expects {want}")
+        with keep_tokens(self.image_tower, keep_index):
+            return self.image_tower(pixel_values=x).last_hidden_state
+
+    def text_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """(B, L, W) text token states ([CLS] first)."""
+        return self.text_tower(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    def random_keep_index(self, batch: int, patches: int, device: torch.device,
+                          generator: torch.Generator | None = None) -> torch.Tensor | None:
+        """FLIP's per-sample random subset of ``round(ratio * P)`` patch indices (None when keeping all)."""
+        k = max(1, round(self.config.image_keep_ratio * patches))
+        if k >= patches:
+            return None
+        gdev = generator.device if generator is not None else "cpu"
+        noise = torch.rand(batch, patches, generator=generator, device=gdev)
+        return noise.argsort(dim=1)[:, :k].sort(dim=1).values.to(device)
+
+    def _num_patches(self) -> int:
+        emb = getattr(self.image_tower, "embeddings", None)
+        n = getattr(getattr(emb, "patch_embeddings", None), "num_patches", None)
+        if n is None:
+            raise ValueError("cannot find the number of patches of the image tower for token keeping")
+        return int(n)
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Unit-norm joint-space image embeddings (B, embed_dim), all tokens kept.
+
+        Example:
+            >>> m = UniMlipModel(UniMlipModelConfig(vision_layers=1, text_layers=1, vocab_size=40))
+            >>> m.encode_image(torch.rand(2, 1, 64, 64)).shape
+            torch.Size([2, 128])
+        """
+        return self.image_proj(self.image_tokens(images)[:, 0])
+
+    @torch.no_grad()
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Unit-norm joint-space text embeddings (B, embed_dim).
+
+        Example:
+            >>> m = UniMlipModel(UniMlipModelConfig(vision_layers=1, text_layers=1, vocab_size=40))
+            >>> m.encode_text(torch.randint(0, 40, (2, 5))).shape
+            torch.Size([2, 128])
+        """
+        return self.text_proj(self.text_hidden(input_ids, attention_mask)[:, 0])
+
+    # ------------------------------------------------------------------ training
+    def forward(
+        self,
+        batch: Mapping[str, torch.Tensor],
+        terms: Iterable[str] = TERMS,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The outputs the enabled ``terms`` need (table in the module docstring); nothing else is computed."""
+        terms = set(terms)
+        unknown = terms - set(TERMS)
+        if unknown:
+            raise ValueError(f"unknown loss terms {sorted(unknown)}; known: {list(TERMS)}")
+        for key in ("images", "input_ids"):
+            if key not in batch:
+                raise ValueError(f"batch lacks {key!r}; it has {sorted(batch)}")
+        images, ids = batch["images"], batch["input_ids"]
+        mask = batch.get("attention_mask")
+        out: dict[str, torch.Tensor] = {}
+        if terms & {"itc", "itc_feature", "itm"}:
+            out["logit_scale"] = self.logit_scale()
+
+        img_tokens = txt_hidden = None
+        if terms & {"itc", "image_ssl", "itm", "mlm"}:
+            img_tokens = self.image_tokens(images)
+            if terms & {"itc", "itm"}:
+                out["image_emb"] = self.image_proj(img_tokens[:, 0])
+            if "image_ssl" in terms:
+                out["image_z1"] = self.image_ssl_proj(img_tokens[:, 0])
+        if terms & {"itc", "text_ssl", "itm"}:
+            txt_hidden = self.text_hidden(ids, mask)
+            if terms & {"itc", "itm"}:
+                out["text_emb"] = self.text_proj(txt_hidden[:, 0])
+            if "text_ssl" in terms:
+                out["text_h1"] = txt_hidden[:, 0]
+
+        if terms & {"itc_feature", "image_ssl"}:  # feature-level image view: view 2 with FLIP token keeping
+            view2 = batch.get("images_view2", images)
+            keep = self.random_keep_index(view2.shape[0], self._num_patches(), view2.device, generator) \
+                if self.config.image_keep_ratio < 1 else None
+            cls2 = self.image_tokens(view2, keep)[:, 0]
+            if "itc_feature" in terms:
+                out["image_emb_feat"] = self.image_proj(cls2)
+            if "image_ssl" in terms:
+                out["image_z2"] = self.image_ssl_proj(cls2)
+                if self.image_ssl_pred is not None:
+                    out["image_p1"] = self.image_ssl_pred(out["image_z1"])
+                    out["image_p2"] = self.image_ssl_pred(out["image_z2"])
+        if terms & {"itc_feature", "text_ssl"}:  # augmented caption, its own dropout mask (SimCSE view)
+            cls2 = self.text_hidden(batch.get("input_ids_aug", ids), batch.get("attention_mask_aug", mask))[:, 0]
+            if "itc_feature" in terms:
+                out["text_emb_feat"] = self.text_proj(cls2)
+            if "text_ssl" in terms:
+                out["text_h2"] = cls2
+
+        if "itm" in terms:
+            t4i, i4t = sample_hard_negatives(
+                out["image_emb"].detach(), out["text_emb"].detach(), out["logit_scale"].detach(),
+                ids=batch.get("group_ids"), generator=generator,
+            )
+            ii, ti, labels = build_itm_pairs(ids.shape[0], t4i, i4t)
+            fused = self.fusion(txt_hidden[ti], None if mask is None else mask[ti], img_tokens[ii])
+            out["itm_logits"] = self.itm_head(fused[:, 0])
+            out["itm_labels"] = labels
+        if "mlm" in terms:
+            mlm_ids, mlm_labels = self._masked(batch, generator)
+            fused = self.fusion(self.text_hidden(mlm_ids, mask), mask, img_tokens)
+            selected = mlm_labels != -100
+            out["mlm_logits"] = self.mlm_head(fused[selected])
+            out["mlm_labels"] = mlm_labels[selected]
+        return out
+
+    def _masked(self, batch: Mapping[str, torch.Tensor], generator: torch.Generator | None):
+        if "mlm_input_ids" in batch and "mlm_labels" in batch:
+            return batch["mlm_input_ids"], batch["mlm_labels"]
+        if self.config.mask_token_id is None:
+            raise ValueError("the mlm term needs config.mask_token_id (or mlm_input_ids/mlm_labels in the batch)")
+        from unimlip_kit.losses import mask_tokens
+
+        return mask_tokens(
+            batch["input_ids"],
+            mask_token_id=self.config.mask_token_id,
+            vocab_size=self.vocab_size,
+            special_token_ids=tuple(self.config.special_token_ids),
+            attention_mask=batch.get("attention_mask"),
+            prob=self.config.mlm_probability,
+            generator=generator,
+        )
