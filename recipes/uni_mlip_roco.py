@@ -156,7 +156,7 @@ def parse_args(argv: list[str] | None) -> tuple[RecipeConfig, argparse.Namespace
     p.add_argument("--amp", choices=["auto", "bf16", "off"])
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
     flags = {
         "data.root": args.data_root, "output_dir": args.output_dir, "train.max_steps": args.max_steps,
         "seed": args.seed, "model.image_model": args.image_model, "model.text_model": args.text_model,
@@ -516,9 +516,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             skips.update_from_batch(raw)
             if len(raw["ids"]) < 2:  # a batch emptied by skipped images: nothing to contrast
                 continue
-            batch = maker(raw, step, micro, rank)
+            # Every random stream of this micro-batch restarts from (seed, step, micro, rank): resumable exactly.
+            torch.manual_seed(derive_seed(cfg.seed, "global", step, micro, rank))  # dropout and anything unseeded
             gen.manual_seed(derive_seed(cfg.seed, "model", step, micro, rank))  # masking, negatives, token keeping
-            torch.manual_seed(derive_seed(cfg.seed, "dropout", step, micro, rank))
+            batch = maker(raw, step, micro, rank)
             sync = micro == cfg.train.grad_accum - 1 or not is_distributed()
             ctx = train_model.no_sync() if not sync else _null()
             with ctx, torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
@@ -538,7 +539,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             bar.update(1)
             bar.set_postfix(loss=f"{acc.get('total', float('nan')):.3f}")
         if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
-            row = {"step": step, "lr": sched.get_last_lr()[0], "logit_scale": float(model.logit_scale()), **acc}
+            row = {"step": step, "lr": sched.get_last_lr()[0], "logit_scale": float(model.logit_scale().detach()), **acc}
             history.append(row)
         if rank == 0 and (step % cfg.train.ckpt_every == 0 or step == cfg.train.max_steps):
             save_checkpoint(run_dir, step, model, opt, sched, stream, skips, history, cfg.train.keep_checkpoints)

@@ -5,7 +5,7 @@ from unimlip_kit.models.config import UniMlipModelConfig
 from unimlip_kit.models.fusion import FusionEncoder, FusionLayer, MultiHeadAttention
 from unimlip_kit.models.heads import ITMHead, MLMHead, ProjectionHead
 from unimlip_kit.models.towers import build_image_tower, build_text_tower, keep_tokens
-from unimlip_kit.models.unimlip import TERMS, UniMlipModel, build_itm_pairs
+from unimlip_kit.models.unimlip import TERMS, UniMlipModel
 
 __all__ = [
     "FusionEncoder",
@@ -19,7 +19,6 @@ __all__ = [
     "UniMlipModelConfig",
     "attention",
     "build_image_tower",
-    "build_itm_pairs",
     "build_text_tower",
     "keep_tokens",
 ]

@@ -33,33 +33,14 @@ from unimlip_kit.models.config import UniMlipModelConfig
 from unimlip_kit.models.fusion import FusionEncoder
 from unimlip_kit.models.heads import ITMHead, MLMHead, ProjectionHead
 from unimlip_kit.models.towers import build_image_tower, build_text_tower, keep_tokens, tower_width
+from unimlip_kit.losses.feature_views import random_token_keep
+from unimlip_kit.losses.itm import build_itm_pairs
 from unimlip_kit.ops.hard_negatives import sample_hard_negatives
 
-__all__ = ["TERMS", "UniMlipModel", "build_itm_pairs"]
+__all__ = ["TERMS", "UniMlipModel"]
 
 #: Every loss term the model can feed, in :class:`unimlip_kit.losses.UniMlipLoss`'s names.
 TERMS = ("itc", "itc_feature", "image_ssl", "text_ssl", "itm", "mlm")
-
-
-def build_itm_pairs(
-    n: int, text_for_image: torch.Tensor, image_for_text: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """ALBEF's ITM batch: N positives, then (image i, text t4i[i]) and (image i4t[j], text j); −1 rows dropped.
-
-    Returns ``(image_index, text_index, labels)`` with label 1 for matched pairs.
-
-    Example:
-        >>> img, txt, lab = build_itm_pairs(2, torch.tensor([1, -1]), torch.tensor([1, 0]))
-        >>> img.tolist(), txt.tolist(), lab.tolist()
-        ([0, 1, 0, 1, 0], [0, 1, 1, 0, 1], [1, 1, 0, 0, 0])
-    """
-    ar = torch.arange(n, device=text_for_image.device)
-    ok_t, ok_i = text_for_image >= 0, image_for_text >= 0
-    image_index = torch.cat([ar, ar[ok_t], image_for_text[ok_i]])
-    text_index = torch.cat([ar, text_for_image[ok_t], ar[ok_i]])
-    labels = torch.cat([torch.ones(n, dtype=torch.long, device=ar.device),
-                        torch.zeros(int(ok_t.sum()) + int(ok_i.sum()), dtype=torch.long, device=ar.device)])
-    return image_index, text_index, labels
 
 
 class UniMlipModel(nn.Module):
@@ -129,13 +110,16 @@ class UniMlipModel(nn.Module):
 
     def random_keep_index(self, batch: int, patches: int, device: torch.device,
                           generator: torch.Generator | None = None) -> torch.Tensor | None:
-        """FLIP's per-sample random subset of ``round(ratio * P)`` patch indices (None when keeping all)."""
-        k = max(1, round(self.config.image_keep_ratio * patches))
-        if k >= patches:
+        """FLIP's per-sample random subset of ``floor(ratio * P)`` patch indices (None when keeping all).
+
+        Drawn with :func:`unimlip_kit.losses.random_token_keep`; the [CLS] token is always kept by
+        :func:`~unimlip_kit.models.towers.keep_tokens`.
+        """
+        if self.config.image_keep_ratio >= 1:
             return None
-        gdev = generator.device if generator is not None else "cpu"
-        noise = torch.rand(batch, patches, generator=generator, device=gdev)
-        return noise.argsort(dim=1)[:, :k].sort(dim=1).values.to(device)
+        gdev = generator.device if generator is not None else torch.device("cpu")
+        kept = random_token_keep(torch.zeros(batch, patches, device=gdev), self.config.image_keep_ratio, generator=generator)
+        return kept.index.to(device)
 
     def _num_patches(self) -> int:
         emb = getattr(self.image_tower, "embeddings", None)
@@ -227,10 +211,10 @@ class UniMlipModel(nn.Module):
                 out["image_emb"].detach(), out["text_emb"].detach(), out["logit_scale"].detach(),
                 ids=batch.get("group_ids"), generator=generator,
             )
-            ii, ti, labels = build_itm_pairs(ids.shape[0], t4i, i4t)
-            fused = self.fusion(txt_hidden[ti], None if mask is None else mask[ti], img_tokens[ii])
+            pairs = build_itm_pairs(img_tokens, ids, mask, t4i, i4t)
+            fused = self.fusion(txt_hidden[pairs.text_index], pairs.text_mask, pairs.image)
             out["itm_logits"] = self.itm_head(fused[:, 0])
-            out["itm_labels"] = labels
+            out["itm_labels"] = pairs.labels
         if "mlm" in terms:
             mlm_ids, mlm_labels = self._masked(batch, generator)
             fused = self.fusion(self.text_hidden(mlm_ids, mask), mask, img_tokens)
