@@ -494,9 +494,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     train_model: nn.Module = model
     if is_distributed():
-        unused = cfg.loss.image_ssl == "ntxent" and cfg.model.image_ssl_predictor or len(terms) < len(DEFAULT_WEIGHTS)
+        # With a term switched off its heads get no gradient; DDP must then look for unused parameters.
+        unused = len(terms) < len(DEFAULT_WEIGHTS) or (cfg.model.image_ssl_predictor and cfg.loss.image_ssl != "simsiam")
         train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=bool(unused))
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=unused)
     maker = BatchMaker(cfg, tokenizer, device)
     use_bf16 = cfg.train.amp == "bf16" or (cfg.train.amp == "auto" and device.type == "cuda")
     gen = torch.Generator(device=device)
@@ -546,6 +547,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if bar is not None:
         bar.close()
     train_wall = time.time() - t_train
+    if is_distributed():  # every rank decoded its own shard: merge what they skipped
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, skips.items())
+        for items in gathered:
+            for reason, ids in items.items():
+                for item_id, detail in ids.items():
+                    skips.add(item_id, reason, detail)
 
     # ---- evaluate and report (rank 0)
     metrics: dict[str, Any] = {}

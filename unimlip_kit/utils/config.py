@@ -71,6 +71,11 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         return dict(value)
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if tp is bool and isinstance(value, bool):
@@ -142,6 +147,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterabl
         ...     name: str = "run"
         >>> load_config(C, None, ["lr=0.1"])
         C(lr=0.1, name='run')
+        >>> load_config(C, None, ["lr=1e-3"]).lr  # YAML would read 1e-3 as a string
+        0.001
     """
     data = config_to_dict(cls())
     if path is not None:
