@@ -109,10 +109,10 @@ class TrainConfig:
 
     batch_size: int = 32
     grad_accum: int = 1
-    max_steps: int = 300
-    lr: float = 5e-4
+    max_steps: int = 500
+    lr: float = 1e-3
     weight_decay: float = 0.05
-    warmup_steps: int = 30
+    warmup_steps: int = 50
     min_lr_ratio: float = 0.05  # cosine decays to lr * min_lr_ratio
     grad_clip: float = 1.0  # max global grad norm (0 = off)
     amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | off
@@ -454,6 +454,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     eval_ds = ImageTextDataset(eval_recs, image_size=size, channels=cfg.model.image_channels, skips=skips)
     loader = build_dataloader(train_ds, cfg.train.batch_size, seed=cfg.seed, rank=rank, world_size=world,
                               num_workers=cfg.data.num_workers, drop_last=True)
+    if len(loader) == 0:
+        raise ValueError(f"{len(train_recs)} training pairs make no full batch of {cfg.train.batch_size} per rank "
+                         f"(world size {world}); lower train.batch_size")
     if rank == 0:
         save_config(cfg, run_dir / "config.yaml")
     log0(f"[data] {len(train_recs)} train / {len(eval_recs)} eval pairs from "
