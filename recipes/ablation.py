@@ -19,7 +19,8 @@ config, steps and data, then ``recipes/evaluate.py`` measures retrieval R@1
 classes, and VQA accuracy after a short fine-tune. The table (mean ± std over
 seeds) goes to ``<output-dir>/ablation.md`` and ``benchmarks/results/ablation.md``,
 the raw numbers to ``ablation.json`` and a bar chart to ``ablation.png``.
-Finished (variant, seed) pairs are reused when the command is run again.
+Finished (variant, seed) pairs are reused when the command is run again; a trained
+but unevaluated run is only evaluated (``--reevaluate`` evaluates every trained run again).
 """
 
 from __future__ import annotations
@@ -168,6 +169,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="extra uni_mlip_roco.py config override for every run (repeatable)")
     p.add_argument("--eval-set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra evaluate.py EvalConfig override (repeatable)")
+    p.add_argument("--reevaluate", action="store_true", help="evaluate trained runs again (keeps the training)")
     p.add_argument("--note", default="", help="appended to the table header (e.g. what was shortened)")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
@@ -198,16 +200,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for seed in args.seeds:
             run = out_dir / f"{variant.strip('+')}_seed{seed}"
             done = run / "eval.json"
-            if done.is_file():  # reuse a finished (variant, seed)
+            if done.is_file() and not args.reevaluate:  # reuse a finished (variant, seed)
                 results[variant][seed] = load_json(done)
                 print(f"[ablation] reuse {run}", flush=True)
                 continue
             t0 = time.time()
-            print(f"[ablation] train {variant} seed {seed} -> {run}", flush=True)
-            train_argv = ["--output-dir", str(run), "--seed", str(seed), "--max-steps", str(args.max_steps)]
-            if args.no_progress:
-                train_argv.append("--no-progress")
-            train_recipe.main(train_argv + TRAIN_DEFAULTS + variant_overrides(variant) + list(args.train_set))
+            if (run / "metrics.json").is_file():  # trained already: evaluate only
+                print(f"[ablation] evaluate {variant} seed {seed} ({run} is trained)", flush=True)
+            else:
+                print(f"[ablation] train {variant} seed {seed} -> {run}", flush=True)
+                train_argv = ["--output-dir", str(run), "--seed", str(seed), "--max-steps", str(args.max_steps)]
+                if args.no_progress:
+                    train_argv.append("--no-progress")
+                train_recipe.main(train_argv + TRAIN_DEFAULTS + variant_overrides(variant) + list(args.train_set))
             eval_argv = ["--run-dir", str(run), "--seed", str(seed)]
             for kv in EVAL_DEFAULTS + list(args.eval_set):
                 eval_argv += ["--set", kv]

@@ -132,6 +132,14 @@ class ToyBackbone(nn.Module):
         return self.fusion_proj(torch.cat([text, image.mean(1, keepdim=True).expand_as(text)], -1))
 
 
+class ConstantClsBackbone(ToyBackbone):
+    """Like a contrastively pre-trained tower whose raw [CLS] state is the same for every input."""
+
+    def fusion(self, text, mask, image):
+        out = super().fusion(text, mask, image)
+        return torch.cat([torch.ones_like(out[:, :1]), out[:, 1:]], dim=1)
+
+
 def toy_tokenize(texts):
     rows = [[1 + (sum(map(ord, w)) % 60) for w in t.lower().split()] for t in texts]
     n = max(map(len, rows))
@@ -156,7 +164,8 @@ def _toy_samples(n, gen):
     return images, samples
 
 
-def test_finetune_learns_toy_task_and_skips_bad_images():
+@pytest.mark.parametrize("backbone", [ToyBackbone, ConstantClsBackbone])
+def test_finetune_learns_toy_task_and_skips_bad_images(backbone):
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     images, train = _toy_samples(64, gen)
@@ -172,7 +181,7 @@ def test_finetune_learns_toy_task_and_skips_bad_images():
 
     vocab = AnswerVocab.from_samples(train)
     assert vocab.answers == ["bright", "dark", "no", "yes"]
-    clf = VQAClassifier(ToyBackbone(), len(vocab), width=16)
+    clf = VQAClassifier(backbone(), len(vocab), width=16)
     skips = Skips()
     ds_test = VQADataset(test, vocab, load_image=load, skips=skips)
     before, _ = evaluate_vqa(clf, toy_tokenize, ds_test)

@@ -1,7 +1,8 @@
 r"""VQA fine-tuning as answer classification on the fusion encoder (ALBEF/METER-style classifier head).
 
 The question's tokens attend to the image's tokens through the pre-trained fusion
-encoder; the fused [CLS] goes through an MLP over the *training* answer set
+encoder; the fused [CLS] concatenated with the mean of the fused question tokens
+goes through an MLP over the *training* answer set
 (the usual formulation for VQA-RAD and SLAKE, e.g. MEVF, M3AE and Uni-Mlip's
 VQA evaluation). A test answer outside that set can never be predicted and
 counts as wrong. Accuracy is exact match of normalised answers, reported overall
@@ -68,7 +69,12 @@ class AnswerVocab:
 
 
 class VQAClassifier(nn.Module):
-    """Fusion-encoder VQA: image tokens + question states → fused [CLS] → MLP → answer logits.
+    """Fusion-encoder VQA: image tokens + question states → fusion → [CLS ; mean of tokens] → MLP → answer logits.
+
+    Pooling the token mean next to [CLS] matters after contrastive pre-training:
+    ITC only shapes the *projected* [CLS], and the raw [CLS] state can end up
+    nearly the same for every input (cosine > 0.999 between questions in our
+    tiny runs), while the fused word tokens still differ.
 
     Example:
         >>> class Toy(nn.Module):
@@ -93,14 +99,19 @@ class VQAClassifier(nn.Module):
             width = int(norm.normalized_shape[0])
         self.backbone = backbone
         self.head = nn.Sequential(
-            nn.Linear(width, 2 * width), nn.GELU(), nn.LayerNorm(2 * width), nn.Dropout(dropout), nn.Linear(2 * width, num_answers)
+            nn.Linear(2 * width, 2 * width), nn.GELU(), nn.LayerNorm(2 * width), nn.Dropout(dropout), nn.Linear(2 * width, num_answers)
         )
 
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         img = self.backbone.image_tokens(images)
         txt = self.backbone.text_hidden(input_ids, attention_mask)
         fused = self.backbone.fusion(txt, attention_mask, img)
-        return self.head(fused[:, 0])
+        if attention_mask is None:
+            mean = fused.mean(1)
+        else:
+            m = attention_mask.to(fused.dtype).unsqueeze(-1)
+            mean = (fused * m).sum(1) / m.sum(1).clamp_min(1.0)
+        return self.head(torch.cat([fused[:, 0], mean], dim=-1))
 
 
 class VQADataset(Dataset):
