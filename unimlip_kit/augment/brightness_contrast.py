@@ -46,4 +46,6 @@ class RandomBrightnessContrast(RangeIntensityAugmentation):
 
     def apply_unit(self, unit: torch.Tensor, params: Dict[str, torch.Tensor], flags: Dict[str, Any]) -> torch.Tensor:
         mean = unit.mean(dim=(1, 2, 3), keepdim=True)
-        return (unit - mean) * per_sample(params["contrast"], unit) + mean + per_sample(params["brightness"], unit)
+        c = per_sample(params["contrast"], unit)
+        # (u - m) c + m + b  ==  u c + (m (1 - c) + b), one fused pass over the image
+        return torch.addcmul(mean * (1 - c) + per_sample(params["brightness"], unit), unit, c)
