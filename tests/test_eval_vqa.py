@@ -192,3 +192,13 @@ def test_finetune_learns_toy_task_and_skips_bad_images(backbone):
     assert after["n"] == 32 and set(skips.items) == {("missing", "missing_image")}
     assert after["closed_accuracy"] >= 0.9 and after["open_accuracy"] >= 0.9, (before, after)
     assert all(p in vocab.answers for p in preds)
+
+
+def test_training_skips_single_sample_batches():
+    gen = torch.Generator().manual_seed(3)
+    images, train = _toy_samples(17, gen)  # batches of 8, 8, 1: the last one cannot feed BatchNorm
+    vocab = AnswerVocab.from_samples(train)
+    clf = VQAClassifier(ToyBackbone(), len(vocab), width=16)
+    losses = train_vqa(clf, toy_tokenize, VQADataset(train, vocab, load_image=images.__getitem__), epochs=2,
+                       batch_size=8, generator=torch.Generator().manual_seed(0))
+    assert len(losses) == 2 * 3 and all(l == l for l in losses)  # steps as planned, none on the 1-sample batch

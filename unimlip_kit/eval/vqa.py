@@ -98,8 +98,11 @@ class VQAClassifier(nn.Module):
                 raise ValueError("cannot infer the fusion width from backbone.fusion.norm; pass width=")
             width = int(norm.normalized_shape[0])
         self.backbone = backbone
+        # BatchNorm without affine on the pooled features, as MAE's linear probe (He et al. 2021,
+        # arXiv 2111.06377): pre-trained token states can differ by ~1e-3 of their norm between
+        # inputs, which a plain MLP head at a normal learning rate does not pick up.
         self.head = nn.Sequential(
-            nn.Linear(2 * width, 2 * width), nn.GELU(), nn.LayerNorm(2 * width), nn.Dropout(dropout), nn.Linear(2 * width, num_answers)
+            nn.BatchNorm1d(2 * width, affine=False), nn.Linear(2 * width, 2 * width), nn.GELU(), nn.LayerNorm(2 * width), nn.Dropout(dropout), nn.Linear(2 * width, num_answers)
         )
 
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -278,8 +281,8 @@ def train_vqa(
         for batch in loader:
             if step >= total:
                 break
-            if not batch["questions"] or bool((batch["labels"] < 0).all()):
-                continue
+            if len(batch["questions"]) < 2 or bool((batch["labels"] < 0).all()):
+                continue  # BatchNorm needs two samples; an all-skipped or unlabelled batch has nothing to learn
             for g, b in zip(opt.param_groups, base):
                 g["lr"] = b * 0.5 * (1 + math.cos(math.pi * step / max(1, total)))
             ids, mask = _encode(tokenize, batch["questions"], dev)
