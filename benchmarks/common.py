@@ -71,13 +71,14 @@ def time_and_memory(step: Callable[[], None], device: torch.device, repeats: int
 
 def run_worker(script: str, config: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
     """Run ``script --worker CONFIG_JSON`` in a fresh process; return its last-line JSON (or the error)."""
+    load_before = os.getloadavg()[0]
     proc = subprocess.run(
         [sys.executable, script, "--worker", json.dumps(config)], capture_output=True, text=True, timeout=timeout
     )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         return {**config, "error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
-    return json.loads(lines[-1])
+    return {**json.loads(lines[-1]), "load_1min_before": load_before, "load_1min_after": os.getloadavg()[0]}
 
 
 def print_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> None:

@@ -117,6 +117,8 @@ def run_metadata() -> dict[str, Any]:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        # other work on the machine skews timings: record it with every result
+        "load_average_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
     try:
         import triton  # noqa: F401
