@@ -13,10 +13,11 @@ from typing import NamedTuple
 
 import torch
 
-from unimlip_kit.ops.contrastive import contrastive_lse
+from unimlip_kit.ops.contrastive import dispatch_contrastive_lse
 from unimlip_kit.utils.checks import as_scale_tensor, check_paired
 
 __all__ = ["ContrastiveOutput", "info_nce"]
+# _info_nce: the same on validated inputs, used by the losses so validation runs once per call
 
 
 class ContrastiveOutput(NamedTuple):
@@ -60,6 +61,29 @@ def info_nce(
         True
     """
     check_paired(a, b, ("a", "b"), same_batch=symmetric or exclude_diagonal)
+    return _info_nce(a, b, as_scale_tensor(logit_scale, a), positive_offset, exclude_diagonal, symmetric,
+                     label_smoothing, backend)
+
+
+def _positives(b: torch.Tensor, m: int, offset: int) -> torch.Tensor:
+    """Rows ``b[(i + offset) % N]`` for i < m, as a view when they do not wrap (no N×D copy)."""
+    n = b.shape[0]
+    if offset + m <= n:
+        return b[offset : offset + m]
+    return torch.cat([b[offset:], b[: m - (n - offset)]], dim=0)
+
+
+def _info_nce(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    scale: torch.Tensor,
+    positive_offset: int,
+    exclude_diagonal: bool,
+    symmetric: bool,
+    label_smoothing: float,
+    backend: str | None,
+) -> ContrastiveOutput:
+    """:func:`info_nce` on validated inputs (``scale`` already a 0-dim tensor)."""
     m, n = a.shape[0], b.shape[0]
     if not 0 <= positive_offset < n:
         raise ValueError(f"positive_offset must be in [0, {n}) for b of shape {tuple(b.shape)}, got {positive_offset}")
@@ -67,15 +91,11 @@ def info_nce(
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     if exclude_diagonal and positive_offset == 0:
         raise ValueError("exclude_diagonal with positive_offset=0 would remove every positive")
-    scale = as_scale_tensor(logit_scale, a)
-    rows, cols = contrastive_lse(
-        a, b, scale, exclude_diagonal=exclude_diagonal, need_cols=symmetric, backend=backend
-    )
+    rows, cols = dispatch_contrastive_lse(a, b, scale, exclude_diagonal, symmetric, backend)
     acc = rows.dtype
     s = scale.to(acc)
     a_acc, b_acc = a.to(acc), b.to(acc)
-    pos = (torch.arange(m, device=a.device) + positive_offset) % n
-    pos_logit = s * (a_acc * b_acc[pos]).sum(dim=1)
+    pos_logit = s * torch.linalg.vecdot(a_acc, _positives(b_acc, m, positive_offset))
     n_classes = n - (1 if exclude_diagonal else 0)
     if label_smoothing > 0 and n_classes < 1:
         raise ValueError("label smoothing needs at least one candidate per row")
@@ -93,6 +113,6 @@ def info_nce(
     row_loss = _smooth(rows, pos_logit, a_acc, b_acc).mean()
     if not symmetric:
         return ContrastiveOutput(row_loss, row_loss, None)
-    col_pos = pos_logit[(torch.arange(n, device=a.device) - positive_offset) % n]
+    col_pos = torch.roll(pos_logit, positive_offset) if positive_offset else pos_logit
     col_loss = _smooth(cols, col_pos, b_acc, a_acc).mean()
     return ContrastiveOutput((row_loss + col_loss) / 2, row_loss, col_loss)

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from unimlip_kit.distributed import all_gather_with_grad, get_world_size, is_distributed
-from unimlip_kit.losses.infonce import ContrastiveOutput, info_nce
-from unimlip_kit.utils.checks import check_paired
+from unimlip_kit.losses.infonce import ContrastiveOutput, _info_nce
+from unimlip_kit.utils.checks import as_scale_tensor, check_paired
 
 __all__ = ["ImageTextContrastiveLoss", "image_text_contrastive_loss"]
 
@@ -49,20 +49,20 @@ def image_text_contrastive_loss(
         True
     """
     check_paired(image_emb, text_emb, ("image_emb", "text_emb"))
+    scale = as_scale_tensor(logit_scale, image_emb)
     if not (gather_distributed and is_distributed()):
-        out = info_nce(image_emb, text_emb, logit_scale, label_smoothing=label_smoothing, backend=backend)
+        out = _info_nce(image_emb, text_emb, scale, 0, False, True, label_smoothing, backend)
         return out if return_terms else out.loss
     images = all_gather_with_grad(image_emb)
     texts = all_gather_with_grad(text_emb)
     if not local_loss:
-        out = info_nce(images.tensor, texts.tensor, logit_scale, label_smoothing=label_smoothing, backend=backend)
+        out = _info_nce(images.tensor, texts.tensor, scale, 0, False, True, label_smoothing, backend)
         return out if return_terms else out.loss
     # Local rows against all columns, weighted n_r * W / N so that the mean over ranks (DDP) is the global mean.
     weight = image_emb.shape[0] * get_world_size() / images.tensor.shape[0]
-    kw = dict(positive_offset=images.offset, symmetric=False, label_smoothing=label_smoothing, backend=backend)
-    i2t = info_nce(image_emb, texts.tensor, logit_scale, **kw).loss * weight
-    t2i = info_nce(text_emb, images.tensor, logit_scale, **kw).loss * weight
-    out = ContrastiveOutput((i2t + t2i) / 2, i2t, t2i)
+    i2t = _info_nce(image_emb, texts.tensor, scale, images.offset, False, False, label_smoothing, backend).loss
+    t2i = _info_nce(text_emb, images.tensor, scale, images.offset, False, False, label_smoothing, backend).loss
+    out = ContrastiveOutput((i2t + t2i) * weight / 2, i2t * weight, t2i * weight)
     return out if return_terms else out.loss
 
 

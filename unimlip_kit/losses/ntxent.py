@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unimlip_kit.distributed import all_gather_with_grad, is_distributed
-from unimlip_kit.losses.infonce import info_nce
+from unimlip_kit.losses.infonce import _info_nce
 from unimlip_kit.utils.checks import check_paired, check_positive
 
 __all__ = ["NTXentLoss", "nt_xent_loss"]
@@ -46,7 +46,8 @@ def nt_xent_loss(
         z1, z2 = all_gather_with_grad(z1).tensor, all_gather_with_grad(z2).tensor
     n = z1.shape[0]
     z = F.normalize(torch.cat([z1, z2], dim=0), dim=1)
-    return info_nce(z, z, 1.0 / t, positive_offset=n, exclude_diagonal=True, symmetric=False, backend=backend).loss
+    scale = torch.tensor(1.0 / t, dtype=torch.float64 if z.dtype == torch.float64 else torch.float32, device=z.device)
+    return _info_nce(z, z, scale, n, True, False, 0.0, backend).loss
 
 
 class NTXentLoss(nn.Module):

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unimlip_kit.distributed import all_gather_with_grad, is_distributed
-from unimlip_kit.losses.infonce import info_nce
+from unimlip_kit.losses.infonce import _info_nce
 from unimlip_kit.utils.checks import check_paired, check_positive
 
 __all__ = ["SimCSELoss", "simcse_loss"]
@@ -41,7 +41,8 @@ def simcse_loss(
     if gather_distributed and is_distributed():
         h1, h2 = all_gather_with_grad(h1).tensor, all_gather_with_grad(h2).tensor
     a, b = F.normalize(h1, dim=1), F.normalize(h2, dim=1)
-    return info_nce(a, b, 1.0 / t, symmetric=symmetric, backend=backend).loss
+    scale = torch.tensor(1.0 / t, dtype=torch.float64 if a.dtype == torch.float64 else torch.float32, device=a.device)
+    return _info_nce(a, b, scale, 0, False, symmetric, 0.0, backend).loss
 
 
 class SimCSELoss(nn.Module):

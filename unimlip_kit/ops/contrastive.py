@@ -13,7 +13,7 @@ import torch
 from unimlip_kit.backends import resolve_backend
 from unimlip_kit.utils.checks import as_scale_tensor, check_paired
 
-__all__ = ["contrastive_lse"]
+__all__ = ["contrastive_lse", "dispatch_contrastive_lse"]
 
 
 def contrastive_lse(
@@ -48,5 +48,23 @@ def contrastive_lse(
     if exclude_diagonal and a.shape[0] != b.shape[0]:
         raise ValueError(f"exclude_diagonal needs a square problem, got a {tuple(a.shape)} and b {tuple(b.shape)}")
     scale = as_scale_tensor(logit_scale, a)
+    return dispatch_contrastive_lse(a, b, scale, exclude_diagonal, need_cols, backend)
+
+
+def dispatch_contrastive_lse(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    scale: torch.Tensor,
+    exclude_diagonal: bool,
+    need_cols: bool,
+    backend: str | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`contrastive_lse` without input validation, for callers that validated already.
+
+    Example:
+        >>> rows, cols = dispatch_contrastive_lse(torch.eye(2), torch.eye(2), torch.tensor(1.0), False, False, None)
+        >>> cols is None
+        True
+    """
     _, impl = resolve_backend("contrastive_lse", backend, a.device, a.dtype)
     return impl(a, b, scale, exclude_diagonal, need_cols)

@@ -22,9 +22,9 @@ from unimlip_kit.ops.reference import accumulate_dtype
 
 __all__ = ["DEFAULT_BLOCK_M", "DEFAULT_TILE_ELEMENTS", "contrastive_lse_tiled"]
 
-DEFAULT_BLOCK_M = 512
-#: elements per (block_m × block_n) tile buffer (256 Ki float32 = 1 MiB, cache-sized: measured best on CPU)
-DEFAULT_TILE_ELEMENTS = 1 << 18
+DEFAULT_BLOCK_M = 1024
+#: elements per (block_m × block_n) tile buffer (1 Mi float32 = 4 MiB; fastest in CPU sweeps at 2 threads)
+DEFAULT_TILE_ELEMENTS = 1 << 20
 
 
 def _blocks(m: int, n: int, block_m: int | None, block_n: int | None) -> tuple[int, int]:
@@ -140,7 +140,7 @@ def contrastive_lse_tiled(
     r"""Row and column log-sum-exp of :math:`L = s\,A B^\top` without materialising :math:`L`.
 
     Same contract as :func:`unimlip_kit.ops.reference.contrastive_lse_reference`;
-    ``block_m``/``block_n`` set the tile (defaults: 512 × 512).
+    ``block_m``/``block_n`` set the tile (defaults: 1024 × 1024).
 
     Example:
         >>> a, b = torch.randn(5, 3, dtype=torch.float64), torch.randn(7, 3, dtype=torch.float64)
