@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import torch
 
-from unimlip_kit.ops.contrastive import dispatch_contrastive_lse
+from unimlip_kit.ops.contrastive import dispatch_contrastive_lse_with_positives
 from unimlip_kit.utils.checks import as_scale_tensor, check_paired
 
 __all__ = ["ContrastiveOutput", "info_nce"]
@@ -65,14 +65,6 @@ def info_nce(
                      label_smoothing, backend)
 
 
-def _positives(b: torch.Tensor, m: int, offset: int) -> torch.Tensor:
-    """Rows ``b[(i + offset) % N]`` for i < m, as a view when they do not wrap (no N×D copy)."""
-    n = b.shape[0]
-    if offset + m <= n:
-        return b[offset : offset + m]
-    return torch.cat([b[offset:], b[: m - (n - offset)]], dim=0)
-
-
 def _info_nce(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -91,11 +83,12 @@ def _info_nce(
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     if exclude_diagonal and positive_offset == 0:
         raise ValueError("exclude_diagonal with positive_offset=0 would remove every positive")
-    rows, cols = dispatch_contrastive_lse(a, b, scale, exclude_diagonal, symmetric, backend)
+    rows, cols, pos_logit = dispatch_contrastive_lse_with_positives(
+        a, b, scale, exclude_diagonal, symmetric, positive_offset, backend
+    )
     acc = rows.dtype
     s = scale.to(acc)
     a_acc, b_acc = a.to(acc), b.to(acc)
-    pos_logit = s * torch.linalg.vecdot(a_acc, _positives(b_acc, m, positive_offset))
     n_classes = n - (1 if exclude_diagonal else 0)
     if label_smoothing > 0 and n_classes < 1:
         raise ValueError("label smoothing needs at least one candidate per row")

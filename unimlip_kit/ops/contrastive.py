@@ -13,7 +13,7 @@ import torch
 from unimlip_kit.backends import resolve_backend
 from unimlip_kit.utils.checks import as_scale_tensor, check_paired
 
-__all__ = ["contrastive_lse", "dispatch_contrastive_lse"]
+__all__ = ["contrastive_lse", "dispatch_contrastive_lse", "dispatch_contrastive_lse_with_positives"]
 
 
 def contrastive_lse(
@@ -68,3 +68,36 @@ def dispatch_contrastive_lse(
     """
     _, impl = resolve_backend("contrastive_lse", backend, a.device, a.dtype)
     return impl(a, b, scale, exclude_diagonal, need_cols)
+
+
+def dispatch_contrastive_lse_with_positives(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    scale: torch.Tensor,
+    exclude_diagonal: bool,
+    need_cols: bool,
+    positive_offset: int,
+    backend: str | None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    r"""Row/column LSE and the positive logits :math:`s\,a_i\cdot b_{(i+k) mod N}` (validated inputs).
+
+    The tiled backend fuses the positives into its tiles (no extra N×D
+    gradient buffers); other backends get them from a row-wise dot product.
+
+    Example:
+        >>> a = torch.eye(3)
+        >>> rows, cols, pos = dispatch_contrastive_lse_with_positives(a, a, torch.tensor(2.0), False, True, 0, None)
+        >>> pos
+        tensor([2., 2., 2.])
+    """
+    name, impl = resolve_backend("contrastive_lse", backend, a.device, a.dtype)
+    if name == "tiled":
+        from unimlip_kit.ops.tiled import contrastive_lse_tiled_with_positives
+
+        return contrastive_lse_tiled_with_positives(a, b, scale, exclude_diagonal, need_cols, positive_offset)
+    rows, cols = impl(a, b, scale, exclude_diagonal, need_cols)
+    acc = rows.dtype
+    n, m = b.shape[0], a.shape[0]
+    idx = (torch.arange(m, device=a.device) + positive_offset) % n
+    pos = scale.to(acc) * torch.linalg.vecdot(a.to(acc), b.to(acc)[idx])
+    return rows, cols, pos

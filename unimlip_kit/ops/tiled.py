@@ -20,7 +20,7 @@ import torch
 
 from unimlip_kit.ops.reference import accumulate_dtype
 
-__all__ = ["DEFAULT_BLOCK_M", "DEFAULT_TILE_ELEMENTS", "contrastive_lse_tiled"]
+__all__ = ["DEFAULT_BLOCK_M", "DEFAULT_TILE_ELEMENTS", "contrastive_lse_tiled", "contrastive_lse_tiled_with_positives"]
 
 DEFAULT_BLOCK_M = 1024
 #: elements per (block_m × block_n) tile buffer (1 Mi float32 = 4 MiB; fastest in CPU sweeps at 2 threads)
@@ -40,7 +40,7 @@ def _finite_floor(m: torch.Tensor) -> torch.Tensor:
 
 class _TiledLSE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, a, b, scale, exclude_diagonal, need_cols, block_m, block_n):  # type: ignore[override]
+    def forward(ctx, a, b, scale, exclude_diagonal, need_cols, block_m, block_n, positive_offset):  # type: ignore[override]
         acc = accumulate_dtype(a.dtype)
         m, n = a.shape[0], b.shape[0]
         bm, bn = _blocks(m, n, block_m, block_n)
@@ -78,17 +78,23 @@ class _TiledLSE(torch.autograd.Function):
                         col_max[j0:j1] = c_new
                 row_lse[i0:i1] = r_max + torch.log(r_sum)
             col_lse = col_max + torch.log(col_sum) if need_cols else torch.empty(0, dtype=acc, device=dev)
+            if positive_offset is None:
+                pos = torch.empty(0, dtype=acc, device=dev)
+            else:  # L[i, (i + k) mod N], the positive logits, O(M·D)
+                pos = s * torch.linalg.vecdot(a.detach().to(acc), _positive_rows(b_acc, m, positive_offset))
         ctx.save_for_backward(a, b, scale, row_lse, col_lse)
-        ctx.cfg = (exclude_diagonal, need_cols, bm, bn)
+        ctx.cfg = (exclude_diagonal, need_cols, bm, bn, positive_offset)
         ctx.set_materialize_grads(False)
-        return row_lse, col_lse
+        return row_lse, col_lse, pos
 
     @staticmethod
-    def backward(ctx, g_row, g_col):  # type: ignore[override]
+    def backward(ctx, g_row, g_col, g_pos):  # type: ignore[override]
         a, b, scale, row_lse, col_lse = ctx.saved_tensors
-        exclude_diagonal, need_cols, bm, bn = ctx.cfg
-        if g_row is None and (g_col is None or not need_cols):
-            return None, None, None, None, None, None, None
+        exclude_diagonal, need_cols, bm, bn, offset = ctx.cfg
+        if offset is None:
+            g_pos = None
+        if g_row is None and (g_col is None or not need_cols) and g_pos is None:
+            return (None,) * 8
         acc = row_lse.dtype
         m, n = a.shape[0], b.shape[0]
         dev = a.device
@@ -102,6 +108,7 @@ class _TiledLSE(torch.autograd.Function):
         work = torch.empty(bm, bn, dtype=acc, device=dev)
         g_row = g_row.to(acc) if g_row is not None else None
         g_col = g_col.to(acc) if use_cols else None
+        g_pos = g_pos.to(acc) if g_pos is not None else None
         for i0 in range(0, m, bm):
             i1 = min(m, i0 + bm)
             a_blk = a_acc[i0:i1]
@@ -117,14 +124,30 @@ class _TiledLSE(torch.autograd.Function):
                     torch.sub(L, row_lse[i0:i1, None], out=G).exp_().mul_(g_row[i0:i1, None])
                     if use_cols:
                         G.add_(L.sub_(col_lse[None, j0:j1]).exp_().mul_(g_col[None, j0:j1]))
-                else:
+                elif use_cols:
                     torch.sub(L, col_lse[None, j0:j1], out=G).exp_().mul_(g_col[None, j0:j1])
+                else:
+                    G.zero_()
+                if g_pos is not None:
+                    # dL[i, p(i)] / d(pos_i) = 1: add g_pos on the (wrapped) shifted diagonal of this tile
+                    for d in (i0 + offset - j0, i0 + offset - n - j0):
+                        diag = G.diagonal(d)
+                        if diag.numel():
+                            r0 = i0 + max(0, -d)
+                            diag.add_(g_pos[r0 : r0 + diag.numel()])
                 g_a[i0:i1].addmm_(G, b_acc[j0:j1])
                 g_b[j0:j1].addmm_(G.T, a_blk)
         grad_scale = torch.vdot(g_a.flatten(), a_acc.flatten()).to(scale.dtype) if ctx.needs_input_grad[2] else None
         grad_a = g_a.mul_(s).to(a.dtype) if ctx.needs_input_grad[0] else None
         grad_b = g_b.mul_(s).to(b.dtype) if ctx.needs_input_grad[1] else None
-        return grad_a, grad_b, grad_scale, None, None, None, None
+        return grad_a, grad_b, grad_scale, None, None, None, None, None
+
+
+def _positive_rows(b: torch.Tensor, m: int, offset: int) -> torch.Tensor:
+    n = b.shape[0]
+    if offset + m <= n:
+        return b[offset : offset + m]
+    return torch.cat([b[offset:], b[: m - (n - offset)]], dim=0)
 
 
 def contrastive_lse_tiled(
@@ -149,5 +172,32 @@ def contrastive_lse_tiled(
         >>> torch.allclose(r, torch.logsumexp(s * a @ b.T, 1)) and torch.allclose(c, torch.logsumexp(s * a @ b.T, 0))
         True
     """
-    rows, cols = _TiledLSE.apply(a, b, scale, exclude_diagonal, need_cols, block_m, block_n)
+    rows, cols, _ = _TiledLSE.apply(a, b, scale, exclude_diagonal, need_cols, block_m, block_n, None)
     return rows, (cols if need_cols else None)
+
+
+def contrastive_lse_tiled_with_positives(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    scale: torch.Tensor,
+    exclude_diagonal: bool,
+    need_cols: bool,
+    positive_offset: int,
+    *,
+    block_m: int | None = None,
+    block_n: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    r""":func:`contrastive_lse_tiled` plus the positive logits :math:`L_{i,(i+k) mod N}`.
+
+    Their gradient is added on the shifted diagonal of each recomputed tile in
+    backward, so the InfoNCE loss needs no extra N×D gradient buffers.
+
+    Example:
+        >>> a, b = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+        >>> s = torch.tensor(2.0, dtype=torch.float64)
+        >>> _, _, pos = contrastive_lse_tiled_with_positives(a, b, s, False, True, 1)
+        >>> torch.allclose(pos, (s * a @ b.T)[torch.arange(4), (torch.arange(4) + 1) % 4])
+        True
+    """
+    rows, cols, pos = _TiledLSE.apply(a, b, scale, exclude_diagonal, need_cols, block_m, block_n, positive_offset)
+    return rows, (cols if need_cols else None), pos
