@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, print_table, run_worker, time_and_memory  # noqa: E402
+from common import RESULTS, plot_time_and_memory, print_table, run_worker, time_and_memory  # noqa: E402
 
 
 def load_open_clip_loss():
@@ -95,31 +95,10 @@ def worker(cfg: dict) -> dict:
 
 
 def chart(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for backend in sorted({r["backend"] for r in rows}):
-        pts = sorted((r["n"], r) for r in rows if r["backend"] == backend and "error" not in r)
-        if not pts:
-            continue
-        label = pts[0][1]["impl"] if backend == "baseline" else backend
-        ax1.plot([p[0] for p in pts], [p[1]["seconds_median"] for p in pts], "o-", label=label)
-        ax2.plot([p[0] for p in pts], [p[1]["extra_peak_bytes"] / 2**20 for p in pts], "o-", label=label)
-    for ax, title in ((ax1, "fwd+bwd time (s, median)"), (ax2, "extra peak memory (MiB)")):
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("batch size N")
-        ax.set_title(title)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
+    labels = {r["backend"]: r["impl"] for r in rows if r["backend"] == "baseline" and "impl" in r}
     d = rows[0]
-    fig.suptitle(f"Symmetric InfoNCE, D={d['d']}, {d['dtype']}, {d['device']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plot_time_and_memory(rows, path, labels=labels,
+                         title=f"Symmetric InfoNCE, D={d['d']}, {d['dtype']}, {d['device']}")
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -97,3 +97,32 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.3g}"
     return str(v)
+
+
+def plot_time_and_memory(rows: list[dict[str, Any]], path: Path, *, labels: dict[str, str], title: str,
+                         time_title: str = "fwd+bwd time (s, median)") -> None:
+    """Two log-log panels (median time and extra peak memory against N), one line per backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for backend in sorted({r["backend"] for r in rows}):
+        pts = sorted((r["n"], r) for r in rows if r["backend"] == backend and "error" not in r)
+        if not pts:
+            continue
+        label = labels.get(backend, backend)
+        ax1.plot([n for n, _ in pts], [r["seconds_median"] for _, r in pts], "o-", label=label)
+        ax2.plot([n for n, _ in pts], [max(r["extra_peak_bytes"] / 2**20, 0.1) for _, r in pts], "o-", label=label)
+    for ax, panel in ((ax1, time_title), (ax2, "extra peak memory (MiB)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size N")
+        ax.set_title(panel)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
