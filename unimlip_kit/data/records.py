@@ -25,7 +25,7 @@ class ImageTextRecord:
     """One image–caption pair.
 
     Attributes:
-        id: unique id of the pair (e.g. ``ROCO_00020``).
+        id: unique id of the pair (e.g. a ROCO id such as ``ROCO_<number>``).
         image_path: file to decode (JPEG/PNG/DICOM/NIfTI).
         caption: the caption text (non-empty after a reader validated it).
         label: class index, or ``-1`` when unknown.
