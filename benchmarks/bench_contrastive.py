@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, plot_time_and_memory, print_table, run_worker, time_and_memory  # noqa: E402
+from common import RESULTS, add_ratios, plot_time_and_memory, print_table, run_sweep, time_and_memory  # noqa: E402,I001
 
 
 def load_open_clip_loss():
@@ -121,22 +121,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from unimlip_kit.utils.io import run_metadata, save_json
 
     backends = args.backends or (["triton"] if args.device.startswith("cuda") else []) + ["tiled", "baseline"]
-    rows = []
-    for n in args.sizes:
-        for backend in backends:
-            cfg = {"backend": backend, "n": n, "d": args.dim, "dtype": args.dtype, "device": args.device,
-                   "repeats": args.repeats, "warmup": args.warmup, "threads": args.threads}
-            row = run_worker(__file__, cfg)
-            rows.append(row)
-            print(f"  {backend:9s} N={n:6d}: " + (row.get("error") or
-                  f"{row['seconds_median']:.3f}s  +{row['extra_peak_bytes'] / 2**20:.0f} MiB"), flush=True)
-    base = {r["n"]: r for r in rows if r["backend"] == "baseline" and "error" not in r}
-    for r in rows:
-        b = base.get(r["n"])
-        if b and "error" not in r:
-            r["time_vs_baseline"] = r["seconds_median"] / b["seconds_median"]
-            r["memory_vs_baseline"] = r["extra_peak_bytes"] / max(1, b["extra_peak_bytes"])
-            r["extra_peak_mib"] = r["extra_peak_bytes"] / 2**20
+    base = {"d": args.dim, "dtype": args.dtype, "device": args.device, "repeats": args.repeats,
+            "warmup": args.warmup, "threads": args.threads}
+    rows = run_sweep(__file__, backends, args.sizes, base)
+    add_ratios(rows, "baseline", "baseline")
     out = args.out or RESULTS / f"contrastive_{args.device}.json"
     save_json(out, {"benchmark": "contrastive_fwd_bwd", "metadata": run_metadata(), "results": rows})
     chart([r for r in rows if "error" not in r] or rows, out.with_suffix(".png"))

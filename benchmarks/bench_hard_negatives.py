@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, plot_time_and_memory, print_table, run_worker, time_and_memory  # noqa: E402
+from common import RESULTS, add_ratios, plot_time_and_memory, print_table, run_sweep, time_and_memory  # noqa: E402,I001
 
 
 def worker(cfg: dict) -> dict:
@@ -76,23 +75,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from unimlip_kit.utils.io import run_metadata, save_json
 
     backends = args.backends or (["reference", "tiled"] + (["triton"] if args.device == "cuda" else []))
-    rows = []
-    for n in args.sizes:
-        for backend in backends:
-            cfg = {"backend": backend, "n": n, "d": args.dim, "dtype": args.dtype, "device": args.device,
-                   "repeats": args.repeats, "warmup": args.warmup, "threads": args.threads}
-            row = run_worker(__file__, cfg)
-            rows.append(row)
-            print(f"  {backend:9s} N={n:7d}: " + (row.get("error") or
-                  f"{row['seconds_median']:.3f}s  +{row['extra_peak_mib']:.0f} MiB"), flush=True)
-    ref = {r["n"]: r for r in rows if r["backend"] == "reference" and "error" not in r}
-    for r in rows:
-        b = ref.get(r["n"])
-        if b and "error" not in r:
-            r["time_vs_reference"] = r["seconds_median"] / b["seconds_median"]
-            r["memory_vs_reference"] = r["extra_peak_bytes"] / max(1, b["extra_peak_bytes"])
+    base = {"d": args.dim, "dtype": args.dtype, "device": args.device, "repeats": args.repeats,
+            "warmup": args.warmup, "threads": args.threads}
+    rows = run_sweep(__file__, backends, args.sizes, base)
+    add_ratios(rows, "reference", "reference")
     out = args.out or RESULTS / f"hard_negatives_{args.device}.json"
-    meta = {**run_metadata(), "load_average_1_5_15": os.getloadavg()}  # shared machines: say how busy it was
+    meta = run_metadata()  # includes the load average: shared machines skew timings
     save_json(out, {"benchmark": "hard_negative_sampling", "metadata": meta, "results": rows})
     chart([r for r in rows if "error" not in r] or rows, out.with_suffix(".png"))
     print_table(rows, [("backend", "backend"), ("n", "N"), ("seconds_median", "s (median)"),

@@ -126,3 +126,26 @@ def plot_time_and_memory(rows: list[dict[str, Any]], path: Path, *, labels: dict
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def run_sweep(script: str, backends: list[str], sizes: list[int], base: dict[str, Any]) -> list[dict[str, Any]]:
+    """Run ``script``'s worker once per (N, backend), each in a fresh process, printing a line per result."""
+    rows = []
+    for n in sizes:
+        for backend in backends:
+            row = run_worker(script, {**base, "backend": backend, "n": n})
+            row.setdefault("extra_peak_mib", row.get("extra_peak_bytes", 0) / 2**20)
+            rows.append(row)
+            print(f"  {backend:9s} N={n:7d}: " + (row.get("error") or
+                  f"{row['seconds_median']:.3f}s  +{row['extra_peak_mib']:.0f} MiB"), flush=True)
+    return rows
+
+
+def add_ratios(rows: list[dict[str, Any]], against: str, suffix: str) -> None:
+    """Add ``time_vs_<suffix>`` and ``memory_vs_<suffix>`` to each row, relative to backend ``against`` at the same N."""
+    ref = {r["n"]: r for r in rows if r["backend"] == against and "error" not in r}
+    for r in rows:
+        b = ref.get(r["n"])
+        if b and "error" not in r:
+            r[f"time_vs_{suffix}"] = r["seconds_median"] / b["seconds_median"]
+            r[f"memory_vs_{suffix}"] = r["extra_peak_bytes"] / max(1, b["extra_peak_bytes"])

@@ -33,7 +33,15 @@ __all__ = [
 
 
 class BackendUnavailableError(RuntimeError):
-    """A backend was requested explicitly but cannot run; the message lists why."""
+    """A backend was requested explicitly but cannot run; the message lists why.
+
+    Example:
+        >>> try:
+        ...     resolve_backend("contrastive_lse", "triton", torch.device("cpu"), torch.float64)
+        ... except BackendUnavailableError as err:
+        ...     print(str(err).splitlines()[0])
+        backend 'triton' cannot run contrastive_lse on cpu with torch.float64:
+    """
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,11 @@ class BackendSpec:
         loader: returns the implementation (imports lazily).
         auto_devices: device types on which ``backend=None`` may pick it; ``()`` makes it
             explicit-only (the float64 oracle; the Triton interpreter on CPU).
+
+    Example:
+        >>> spec = get_backend("contrastive_lse", "reference")
+        >>> spec.auto_devices, spec.reasons(torch.device("cpu"), torch.float64)
+        ((), [])
     """
 
     op: str
@@ -201,6 +214,31 @@ def _floating(device: torch.device, dtype: torch.dtype) -> list[str]:
     return [] if dtype.is_floating_point else [f"dtype {dtype} is not floating point"]
 
 
+def _lazy(module: str, attr: str) -> Callable[[], Callable]:
+    """A loader that imports ``module`` only when the backend is first chosen and returns ``attr``."""
+
+    def load() -> Callable:
+        import importlib
+
+        return getattr(importlib.import_module(module), attr)
+
+    return load
+
+
+def _triton_kernel_reasons(module: str, what: str) -> Callable[[torch.device, torch.dtype], list[str]]:
+    """:func:`triton_reasons` plus a check that the kernel module is part of this build (never imports it)."""
+
+    def reasons(device: torch.device, dtype: torch.dtype) -> list[str]:
+        from importlib.util import find_spec
+
+        why = triton_reasons(device, dtype)
+        if find_spec(module) is None:
+            why.append(f"{what} is not part of this build")
+        return why
+
+    return reasons
+
+
 # --------------------------------------------------------------------------- built-ins
 
 _BUILTIN_DONE = False
@@ -212,80 +250,26 @@ def _ensure_builtin() -> None:
         return
     _BUILTIN_DONE = True
 
-    def _ref():
-        from unimlip_kit.ops.reference import contrastive_lse_reference
+    reg = register_backend
+    reg("contrastive_lse", "reference", priority=0, reasons=_floating,
+        loader=_lazy("unimlip_kit.ops.reference", "contrastive_lse_reference"), auto_devices=())
+    reg("contrastive_lse", "tiled", priority=10, reasons=_floating,
+        loader=_lazy("unimlip_kit.ops.tiled", "contrastive_lse_tiled"))
+    # On the CPU the Triton interpreter is a correctness tool, never the automatic choice.
+    reg("contrastive_lse", "triton", priority=20, auto_devices=("cuda",),
+        reasons=_triton_kernel_reasons("unimlip_kit.kernels.infonce", "the Triton InfoNCE kernel"),
+        loader=_lazy("unimlip_kit.kernels.infonce", "contrastive_lse_triton"))
 
-        return contrastive_lse_reference
-
-    def _tiled():
-        from unimlip_kit.ops.tiled import contrastive_lse_tiled
-
-        return contrastive_lse_tiled
-
-    register_backend("contrastive_lse", "reference", priority=0, reasons=_floating, loader=_ref, auto_devices=())
-    register_backend("contrastive_lse", "tiled", priority=10, reasons=_floating, loader=_tiled)
-
-    def _triton_lse():
-        from unimlip_kit.kernels.infonce import contrastive_lse_triton
-
-        return contrastive_lse_triton
-
-    def _triton_lse_reasons(device: torch.device, dtype: torch.dtype) -> list[str]:
-        from importlib.util import find_spec
-
-        why = triton_reasons(device, dtype)
-        if find_spec("unimlip_kit.kernels.infonce") is None:
-            why.append("the Triton InfoNCE kernel is not part of this build")
-        return why
-
-    # On the CPU the interpreter is a correctness tool, never the automatic choice.
-    register_backend(
-        "contrastive_lse", "triton", priority=20, reasons=_triton_lse_reasons, loader=_triton_lse, auto_devices=("cuda",)
-    )
-
-    def _ref_hn():
-        from unimlip_kit.ops.hard_negatives import sample_hard_negatives_reference
-
-        return sample_hard_negatives_reference
-
-    register_backend("hard_negatives", "reference", priority=0, reasons=_floating, loader=_ref_hn)
-
-    def _tiled_hn():
-        from unimlip_kit.ops.hard_negatives_tiled import sample_hard_negatives_tiled
-
-        return sample_hard_negatives_tiled
-
+    reg("hard_negatives", "reference", priority=0, reasons=_floating,
+        loader=_lazy("unimlip_kit.ops.hard_negatives", "sample_hard_negatives_reference"))
     # Gumbel-max over tiles: same distribution as the reference, O(N·D) memory
-    register_backend("hard_negatives", "tiled", priority=10, reasons=_floating, loader=_tiled_hn)
-
-    def _triton_hn():
-        from unimlip_kit.kernels.hard_negatives import sample_hard_negatives_triton
-
-        return sample_hard_negatives_triton
-
-    def _triton_hn_reasons(device: torch.device, dtype: torch.dtype) -> list[str]:
-        from importlib.util import find_spec
-
-        why = triton_reasons(device, dtype)
-        if find_spec("unimlip_kit.kernels.hard_negatives") is None:
-            why.append("the Triton hard-negative kernel is not part of this build")
-        return why
-
-    register_backend(
-        "hard_negatives", "triton", priority=20, reasons=_triton_hn_reasons, loader=_triton_hn, auto_devices=("cuda",)
-    )
+    reg("hard_negatives", "tiled", priority=10, reasons=_floating,
+        loader=_lazy("unimlip_kit.ops.hard_negatives_tiled", "sample_hard_negatives_tiled"))
+    reg("hard_negatives", "triton", priority=20, auto_devices=("cuda",),
+        reasons=_triton_kernel_reasons("unimlip_kit.kernels.hard_negatives", "the Triton hard-negative kernel"),
+        loader=_lazy("unimlip_kit.kernels.hard_negatives", "sample_hard_negatives_triton"))
 
     # Attention in the fusion encoder: SDPA always runs; xformers is automatic on CUDA when installed.
-    def _sdpa():
-        from unimlip_kit.models.attention import attention_sdpa
-
-        return attention_sdpa
-
-    def _xformers():
-        from unimlip_kit.models.attention import attention_xformers
-
-        return attention_xformers
-
     def _xformers_reasons(device: torch.device, dtype: torch.dtype) -> list[str]:
         from unimlip_kit.utils.optional import is_available
 
@@ -298,5 +282,6 @@ def _ensure_builtin() -> None:
             why.append(f"dtype {dtype} is not supported (float16, bfloat16, float32)")
         return why
 
-    register_backend("attention", "sdpa", priority=0, reasons=_floating, loader=_sdpa)
-    register_backend("attention", "xformers", priority=10, reasons=_xformers_reasons, loader=_xformers, auto_devices=("cuda",))
+    reg("attention", "sdpa", priority=0, reasons=_floating, loader=_lazy("unimlip_kit.models.attention", "attention_sdpa"))
+    reg("attention", "xformers", priority=10, reasons=_xformers_reasons, auto_devices=("cuda",),
+        loader=_lazy("unimlip_kit.models.attention", "attention_xformers"))

@@ -62,7 +62,12 @@ def get_world_size() -> int:
 
 
 class GatheredBatch(NamedTuple):
-    """The concatenation of all ranks' rows, the per-rank sizes and this rank's row offset."""
+    """The concatenation of all ranks' rows, the per-rank sizes and this rank's row offset.
+
+    Example:
+        >>> GatheredBatch(torch.zeros(5, 2), [2, 3], 2).offset  # rank 1 of sizes [2, 3]
+        2
+    """
 
     tensor: torch.Tensor
     sizes: list[int]

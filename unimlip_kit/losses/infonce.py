@@ -21,7 +21,13 @@ __all__ = ["ContrastiveOutput", "info_nce"]
 
 
 class ContrastiveOutput(NamedTuple):
-    """A contrastive loss and its two directional terms (``col_loss`` is ``None`` if one-directional)."""
+    """A contrastive loss and its two directional terms (``col_loss`` is ``None`` if one-directional).
+
+    Example:
+        >>> out = info_nce(torch.eye(3), torch.eye(3), 5.0)
+        >>> bool(torch.isclose(out.loss, (out.row_loss + out.col_loss) / 2))
+        True
+    """
 
     loss: torch.Tensor
     row_loss: torch.Tensor

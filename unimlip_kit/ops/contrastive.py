@@ -95,9 +95,9 @@ def dispatch_contrastive_lse_with_positives(
         from unimlip_kit.ops.tiled import contrastive_lse_tiled_with_positives
 
         return contrastive_lse_tiled_with_positives(a, b, scale, exclude_diagonal, need_cols, positive_offset)
+    from unimlip_kit.ops.tiled import positive_rows
+
     rows, cols = impl(a, b, scale, exclude_diagonal, need_cols)
     acc = rows.dtype
-    n, m = b.shape[0], a.shape[0]
-    idx = (torch.arange(m, device=a.device) + positive_offset) % n
-    pos = scale.to(acc) * torch.linalg.vecdot(a.to(acc), b.to(acc)[idx])
+    pos = scale.to(acc) * torch.linalg.vecdot(a.to(acc), positive_rows(b.to(acc), a.shape[0], positive_offset))
     return rows, cols, pos

@@ -81,7 +81,7 @@ class _TiledLSE(torch.autograd.Function):
             if positive_offset is None:
                 pos = torch.empty(0, dtype=acc, device=dev)
             else:  # L[i, (i + k) mod N], the positive logits, O(M·D)
-                pos = s * torch.linalg.vecdot(a.detach().to(acc), _positive_rows(b_acc, m, positive_offset))
+                pos = s * torch.linalg.vecdot(a.detach().to(acc), positive_rows(b_acc, m, positive_offset))
         ctx.save_for_backward(a, b, scale, row_lse, col_lse)
         ctx.cfg = (exclude_diagonal, need_cols, bm, bn, positive_offset)
         ctx.set_materialize_grads(False)
@@ -143,7 +143,13 @@ class _TiledLSE(torch.autograd.Function):
         return grad_a, grad_b, grad_scale, None, None, None, None, None
 
 
-def _positive_rows(b: torch.Tensor, m: int, offset: int) -> torch.Tensor:
+def positive_rows(b: torch.Tensor, m: int, offset: int) -> torch.Tensor:
+    """Rows ``b[(i + offset) % N]`` for ``i < m``: a view when they do not wrap, else one concatenation.
+
+    Example:
+        >>> positive_rows(torch.arange(4)[:, None], 3, 2).flatten().tolist()
+        [2, 3, 0]
+    """
     n = b.shape[0]
     if offset + m <= n:
         return b[offset : offset + m]
