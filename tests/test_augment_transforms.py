@@ -350,3 +350,41 @@ def test_fused_geometry_matches_sequential_warps():
     # one interpolation vs two, and align_corners of kornia's RandomAffine: close, not equal
     assert float((y - y_seq)[..., 3:-3, 3:-3].abs().max()) < 0.03
     assert torch.equal(fused(smooth, params=fused._params), y)
+
+
+@pytest.mark.parametrize("size, dsize", [((37, 51), (20, 33)), ((64, 64), (96, 80)), ((9, 9), (9, 9))])
+def test_warp_affine_batched_matches_kornia(size, dsize):
+    from kornia.geometry.transform import warp_affine
+
+    from unimlip_kit.augment.warp import warp_affine_batched
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(5, 3, *size, generator=g)
+    m = torch.eye(3).repeat(5, 1, 1) + 0.1 * torch.randn(5, 3, 3, generator=g)
+    m[:, 2] = torch.tensor([0.0, 0.0, 1.0])
+    m[:, :2, 2] *= 10  # translations of a few pixels
+    for mode, padding in [("bilinear", "border"), ("bilinear", "zeros"), ("bilinear", "reflection")]:
+        ref = warp_affine(x, m[:, :2], dsize, mode=mode, padding_mode=padding, align_corners=True)
+        out = warp_affine_batched(x, m, dsize, mode=mode, padding_mode=padding)
+        assert out.shape == ref.shape
+        torch.testing.assert_close(out, ref, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["gamma", "bc", "gauss", "rician", "speckle", "blur", "bias"])
+@pytest.mark.parametrize("on", [[1, 0, 0, 0, 0], [1, 1, 1, 1, 0], [0, 0, 0, 0, 0], [1, 0, 1, 0, 1]])
+def test_gate_skips_exactly_the_unselected_rows(name, on):
+    """Both gate paths (gather the few selected rows / compute all and restore the few skipped) agree with p = 1."""
+    factory, _, _ = FACTORIES[name]
+    vr = (-1.0, 1.0)
+    x = _image(5, 1, 12, 10, vr, 3)
+    aug = factory(vr, 0.5, 7)
+    aug(x)
+    params = dict(aug._params)
+    params["batch_prob"] = torch.tensor(on, dtype=torch.float32)
+    y = aug(x, params=params)
+    everything = dict(params, batch_prob=torch.ones(5))
+    y_all = factory(vr, 1.0, 7)(x, params=everything)
+    rows = torch.tensor(on, dtype=torch.bool)
+    assert torch.equal(y[~rows], x[~rows])
+    torch.testing.assert_close(y[rows], y_all[rows], atol=1e-6, rtol=0)
+    assert y.data_ptr() != x.data_ptr()  # never the caller's tensor

@@ -15,6 +15,8 @@ from typing import Any, ClassVar, Dict, Optional, Sequence
 
 import torch
 from kornia.augmentation import IntensityAugmentationBase2D
+from kornia.augmentation.utils import _transform_output_shape
+from kornia.core.utils import is_autocast_enabled
 
 from unimlip_kit.augment.ranges import as_value_range
 from unimlip_kit.augment.seeded import SeededMixin
@@ -73,6 +75,31 @@ class RangeIntensityAugmentation(SeededMixin, IntensityAugmentationBase2D):
         """The transform on images in [0, 1]; the result is clamped to [0, 1] by the caller."""
         raise NotImplementedError
 
+    def transform_inputs(
+        self,
+        input: torch.Tensor,
+        params: Dict[str, torch.Tensor],
+        flags: Dict[str, Any],
+        transform: Optional[torch.Tensor] = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """kornia's ``transform_inputs`` without its full-batch ``torch.where`` blend.
+
+        :meth:`apply_transform` below already leaves the samples the ``p`` gate
+        skipped untouched, so kornia's blend (a broadcast ``where`` over the whole
+        batch, about as slow as a transcendental op on CPU) is redundant.
+        Subclasses that override ``apply_transform`` keep kornia's path.
+        """
+        if type(self).apply_transform is not RangeIntensityAugmentation.apply_transform:
+            return super().transform_inputs(input, params, flags, transform, **kwargs)
+        params, flags = self._process_kwargs_to_params_and_flags(self._params if params is None else params, flags, **kwargs)
+        in_tensor = self.transform_tensor(input)
+        self.validate_tensor(in_tensor)
+        output = self.apply_transform(in_tensor, params, flags, transform=transform)
+        if is_autocast_enabled():
+            output = output.type(input.dtype)
+        return _transform_output_shape(output, input.shape) if self.keepdim else output
+
     def apply_transform(
         self,
         input: torch.Tensor,
@@ -83,9 +110,15 @@ class RangeIntensityAugmentation(SeededMixin, IntensityAugmentationBase2D):
         rows = self._applied_rows(input, params)
         if rows is None:
             return self._apply_range(input, params, flags)
-        # only the samples the p gate selected are computed; kornia blends the rest back to the input
+        n_on = int(rows.sum())
+        if n_on * 2 > rows.numel():
+            # mostly selected: compute every sample, then put the few skipped ones back
+            out = self._apply_range(input, params, flags)
+            out[~rows] = input[~rows]
+            return out
+        # mostly skipped: compute only the selected samples (gathered), scatter them into a copy
         out = input.clone()
-        if bool(rows.any()):
+        if n_on:
             sub = {
                 k: (v[rows.to(v.device)] if k != "forward_input_shape" and _per_row(v, input) else v)
                 for k, v in params.items()
@@ -94,15 +127,14 @@ class RangeIntensityAugmentation(SeededMixin, IntensityAugmentationBase2D):
         return out
 
     def _applied_rows(self, input: torch.Tensor, params: Dict[str, torch.Tensor]) -> Optional[torch.Tensor]:
-        """Boolean rows to compute, or ``None`` for all (p = 1, as kornia's gate, or every row selected)."""
+        """Boolean rows the ``p`` gate selected, or ``None`` when every row is (p = 1, as kornia's gate)."""
         if self.p == 1.0 and self.p_batch == 1.0:
             return None
         prob = params.get("batch_prob")
         if prob is None or prob.ndim != 1 or prob.shape[0] != input.shape[0]:
             return None
         rows = (prob > 0.5).to(input.device)
-        # gathering/scattering a subset costs ~3 passes; for a mostly-selected batch computing all is cheaper
-        return None if int(rows.sum()) * 2 > rows.numel() else rows
+        return None if bool(rows.all()) else rows
 
     def _apply_range(self, input: torch.Tensor, params: Dict[str, torch.Tensor], flags: Dict[str, Any]) -> torch.Tensor:
         lo, hi = flags["value_range"]
@@ -125,10 +157,12 @@ class RangeIntensityAugmentation(SeededMixin, IntensityAugmentationBase2D):
         h, w = like.shape[-2:]
         out = torch.empty(len(seeds), channels, h, w, device=like.device, dtype=like.dtype)
         gen = torch.Generator(device=like.device)
-        cache: Dict[int, torch.Tensor] = {}
+        first: Dict[int, int] = {}
         for i, s in enumerate(seeds.tolist()):
-            if s not in cache:
-                gen.manual_seed(int(s))
-                cache[s] = torch.randn(channels, h, w, generator=gen, device=like.device, dtype=like.dtype)
-            out[i] = cache[s]
+            if s in first:  # same_on_batch: one field, copied
+                out[i] = out[first[s]]
+                continue
+            first[s] = i
+            gen.manual_seed(int(s))
+            torch.randn(channels, h, w, generator=gen, device=like.device, dtype=like.dtype, out=out[i])
         return out

@@ -92,5 +92,6 @@ class RandomBlurSharpen(RangeIntensityAugmentation):
 
     def apply_unit(self, unit: torch.Tensor, params: Dict[str, torch.Tensor], flags: Dict[str, Any]) -> torch.Tensor:
         k, s = flags["kernel_size"], flags["sigma"]
-        blurred = gaussian_blur(unit, s, k)
-        return unit + per_sample(params["amount"], unit) * (unit - blurred)
+        a = per_sample(params["amount"], unit)
+        # u + a (u - blur(u)) == (1 + a) u - a blur(u), written into the fresh blurred tensor
+        return gaussian_blur(unit, s, k).mul_(-a).addcmul_(unit, 1.0 + a)

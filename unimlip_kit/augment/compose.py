@@ -15,12 +15,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from kornia.geometry.transform import warp_affine
-
 from unimlip_kit.augment.crop import ConservativeResizedCrop
 from unimlip_kit.augment.geometry import SmallAffine
 from unimlip_kit.augment.ranges import as_value_range, check_images, to_float
 from unimlip_kit.augment.seeded import base_seed
+from unimlip_kit.augment.warp import warp_affine_batched
 from unimlip_kit.utils.seeding import derive_seed
 
 __all__ = ["MedicalCompose", "TwoViews"]
@@ -137,7 +136,7 @@ class MedicalCompose(nn.Module):
 
         Each child samples (or is given) its own params and builds its kornia
         ``(B, 3, 3)`` matrix for the shape it would see (identity rows where its
-        ``p`` gate skipped a sample); one ``warp_affine`` then applies the product.
+        ``p`` gate skipped a sample); one :func:`warp_affine_batched` then applies the product.
         One interpolation instead of several: faster and less blur.
         """
         shape = tuple(x.shape)
@@ -152,7 +151,7 @@ class MedicalCompose(nn.Module):
             if isinstance(t, ConservativeResizedCrop):
                 shape = shape[:2] + tuple(t._out_size(meta, t.flags))
         assert total is not None
-        return warp_affine(x, total[:, :2, :], shape[-2:], mode="bilinear", padding_mode="border", align_corners=True)
+        return warp_affine_batched(x, total, shape[-2:], mode="bilinear", padding_mode="border")
 
     def extra_repr(self) -> str:
         return f"value_range={self.value_range}, output_range={self.output_range}"

@@ -5,7 +5,7 @@ Crops and heavy zoom can remove the finding (MoCo-CXR; PMC-CLIP uses scale
 stays near 1. Each sample draws ``s ~ U(scale)``, ``log r ~ U(log ratio)`` and a
 position ``(t_x, t_y) ~ U(0, 1)^2``; the crop is ``w = W sqrt(s r)``,
 ``h = H sqrt(s / r)`` (clipped to the image), at ``x0 = t_x (W - w)``,
-``y0 = t_y (H - h)``, resampled by one batched ``warp_affine`` to ``size``
+``y0 = t_y (H - h)``, resampled by one batched affine warp to ``size``
 (default: the input size). The ``(B, 3, 3)`` matrix is kept as
 ``transform_matrix`` so masks, boxes and a second view can replay it.
 """
@@ -19,9 +19,9 @@ import torch
 from kornia.augmentation import GeometricAugmentationBase2D
 from kornia.augmentation.random_generator import PlainUniformGenerator
 from kornia.constants import Resample
-from kornia.geometry.transform import warp_affine
 
 from unimlip_kit.augment.seeded import SeededMixin
+from unimlip_kit.augment.warp import warp_affine_batched
 
 __all__ = ["ConservativeResizedCrop"]
 
@@ -117,9 +117,8 @@ class ConservativeResizedCrop(SeededMixin, GeometricAugmentationBase2D):
     ) -> torch.Tensor:
         if transform is None:
             transform = self.compute_transformation(input, params, flags)
-        return warp_affine(
-            input, transform[:, :2, :].to(input.dtype), self._out_size(input, flags),
-            mode=flags["resample"].name.lower(), padding_mode="border", align_corners=True,
+        return warp_affine_batched(
+            input, transform, self._out_size(input, flags), mode=flags["resample"].name.lower(), padding_mode="border"
         )
 
     def apply_non_transform(
@@ -133,4 +132,4 @@ class ConservativeResizedCrop(SeededMixin, GeometricAugmentationBase2D):
             return input
         m = self._resize_matrix(input, flags)
         mode = flags["resample"].name.lower()
-        return warp_affine(input, m[:, :2, :], self._out_size(input, flags), mode=mode, align_corners=True)
+        return warp_affine_batched(input, m, self._out_size(input, flags), mode=mode, padding_mode="zeros")

@@ -65,7 +65,9 @@ class RandomGaussianNoise(_NoiseBase):
 
     def apply_unit(self, unit: torch.Tensor, params: Dict[str, torch.Tensor], flags: Dict[str, Any]) -> torch.Tensor:
         sigma, noise = self._sigma_noise(unit, params)
-        return unit + sigma * noise
+        if noise.shape == unit.shape:  # the field is a fresh tensor: reuse it for the output
+            return noise.mul_(sigma).add_(unit)
+        return torch.addcmul(unit, sigma, noise)  # one field shared by the channels (grey stays grey)
 
 
 class RandomRicianNoise(_NoiseBase):
@@ -82,9 +84,8 @@ class RandomRicianNoise(_NoiseBase):
 
     def apply_unit(self, unit: torch.Tensor, params: Dict[str, torch.Tensor], flags: Dict[str, Any]) -> torch.Tensor:
         sigma, noise = self._sigma_noise(unit, params)
-        real = unit + sigma * noise[:, 0:1]
-        imag = sigma * noise[:, 1:2]
-        return torch.sqrt(real * real + imag * imag)
+        real = torch.addcmul(unit, sigma, noise[:, 0:1])
+        return real.hypot_(noise[:, 1:2].mul_(sigma))
 
 
 class RandomSpeckleNoise(_NoiseBase):
@@ -98,4 +99,5 @@ class RandomSpeckleNoise(_NoiseBase):
 
     def apply_unit(self, unit: torch.Tensor, params: Dict[str, torch.Tensor], flags: Dict[str, Any]) -> torch.Tensor:
         sigma, noise = self._sigma_noise(unit, params)
-        return unit * (1.0 + sigma * noise)
+        factor = noise.mul_(sigma).add_(1.0)
+        return factor.mul_(unit) if noise.shape == unit.shape else unit * factor

@@ -79,7 +79,7 @@ def _transforms(modality: str, strength: str, size: Optional[Tuple[int, int]], c
     if modality == "xray":
         return [crop, affine, bc, gamma, blur, noise] + ([RandomCLAHE(p=0.3)] if strong else [])
     if modality == "ct":
-        names = {"light": ["soft_tissue"], "medium": ["soft_tissue", "lung", "bone"], "strong": list(CT_WINDOWS)}[strength]
+        names = {"light": ["soft_tissue"], "medium": ["soft_tissue", "lung", "bone"], "strong": ["soft_tissue", "lung", "bone", "brain", "liver"]}[strength]
         window = RandomWindow([CT_WINDOWS[n] for n in names], 0.1 * k, 0.2 * k, value_range=ct_range, p=1.0)
         return [window, crop, affine, gamma, noise]
     if modality == "mri":

@@ -17,17 +17,10 @@ import torch
 from kornia.augmentation.random_generator import PlainUniformGenerator
 
 from unimlip_kit.augment.base import RangeIntensityAugmentation, per_sample
+from unimlip_kit.utils.windows import CT_WINDOWS  # standard CT windows (centre, width) in HU, one shared table
 
 __all__ = ["CT_WINDOWS", "RandomWindow", "apply_window"]
 
-#: Standard CT windows (centre, width) in HU.
-CT_WINDOWS: Dict[str, Tuple[float, float]] = {
-    "soft_tissue": (40.0, 400.0),
-    "lung": (-600.0, 1500.0),
-    "bone": (400.0, 1800.0),
-    "brain": (40.0, 80.0),
-    "liver": (60.0, 160.0),
-}
 
 
 def apply_window(x: torch.Tensor, centre: torch.Tensor | float, width: torch.Tensor | float) -> torch.Tensor:

@@ -7,9 +7,9 @@ Follows the linear VOI LUT of DICOM PS3.3 C.11.2.1.2.1 with output range
     y = 1                                   if x >  c - 0.5 + (w - 1) / 2
     y = (x - (c - 0.5)) / (w - 1) + 0.5     otherwise
 
-Named presets are the usual radiology windows (centre, width) in HU; the
-ones :data:`unimlip_kit.augment.CT_WINDOWS` also names have the same values
-(a test keeps the two tables in agreement). This module decodes files, so it
+Named presets are the usual radiology windows (centre, width) in HU, from the
+one table in :mod:`unimlip_kit.utils.windows` (``WINDOW_PRESETS`` is
+:data:`unimlip_kit.augment.CT_WINDOWS`, the same dict). This module decodes files, so it
 follows the DICOM formula; the augmentation's ``RandomWindow`` uses the plain
 ``clamp((x - c + w/2) / w)``, which differs by at most ``0.5 / (w - 1)``.
 """
@@ -18,20 +18,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from unimlip_kit.utils.windows import CT_WINDOWS
+
 __all__ = ["WINDOW_PRESETS", "apply_window", "resolve_window"]
 
-#: (centre, width) in Hounsfield units.
-WINDOW_PRESETS: dict[str, tuple[float, float]] = {
-    "abdomen": (40.0, 400.0),
-    "bone": (400.0, 1800.0),
-    "brain": (40.0, 80.0),
-    "liver": (60.0, 160.0),
-    "lung": (-600.0, 1500.0),
-    "mediastinum": (50.0, 350.0),
-    "soft_tissue": (40.0, 400.0),
-    "stroke": (40.0, 40.0),
-    "subdural": (75.0, 215.0),
-}
+#: (centre, width) in Hounsfield units (the shared table of :mod:`unimlip_kit.utils.windows`).
+WINDOW_PRESETS: dict[str, tuple[float, float]] = CT_WINDOWS
 
 
 def resolve_window(window: str | tuple[float, float] | None) -> tuple[float, float] | None:
