@@ -370,13 +370,13 @@ def test_warp_affine_batched_matches_kornia(size, dsize):
         torch.testing.assert_close(out, ref, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["gamma", "bc", "gauss", "rician", "speckle", "blur", "bias"])
+@pytest.mark.parametrize("name", ["gamma", "bc", "gauss", "rician", "speckle", "blur", "bias", "clahe", "hed"])
 @pytest.mark.parametrize("on", [[1, 0, 0, 0, 0], [1, 1, 1, 1, 0], [0, 0, 0, 0, 0], [1, 0, 1, 0, 1]])
 def test_gate_skips_exactly_the_unselected_rows(name, on):
     """Both gate paths (gather the few selected rows / compute all and restore the few skipped) agree with p = 1."""
-    factory, _, _ = FACTORIES[name]
+    factory, _, rgb = FACTORIES[name]
     vr = (-1.0, 1.0)
-    x = _image(5, 1, 12, 10, vr, 3)
+    x = _image(5, 3 if rgb else 1, 12, 10, vr, 3)
     aug = factory(vr, 0.5, 7)
     aug(x)
     params = dict(aug._params)

@@ -55,6 +55,9 @@ class RangeIntensityAugmentation(SeededMixin, IntensityAugmentationBase2D):
     """
 
     colour: ClassVar[bool] = False
+    #: ``apply_transform`` leaves the rows the ``p`` gate skipped untouched (so kornia's blend is skipped);
+    #: subclasses whose skipped rows need another output (``RandomWindow``) set it to ``False``.
+    gates_rows: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -88,9 +91,9 @@ class RangeIntensityAugmentation(SeededMixin, IntensityAugmentationBase2D):
         :meth:`apply_transform` below already leaves the samples the ``p`` gate
         skipped untouched, so kornia's blend (a broadcast ``where`` over the whole
         batch, about as slow as a transcendental op on CPU) is redundant.
-        Subclasses that override ``apply_transform`` keep kornia's path.
+        Subclasses with ``gates_rows = False`` keep kornia's path.
         """
-        if type(self).apply_transform is not RangeIntensityAugmentation.apply_transform:
+        if not self.gates_rows:
             return super().transform_inputs(input, params, flags, transform, **kwargs)
         params, flags = self._process_kwargs_to_params_and_flags(self._params if params is None else params, flags, **kwargs)
         in_tensor = self.transform_tensor(input)

@@ -77,11 +77,14 @@ class RandomHEDJitter(RangeIntensityAugmentation):
         return super().apply_transform(input, params, flags, transform)
 
     def apply_unit(self, unit: torch.Tensor, params: Dict[str, torch.Tensor], flags: Dict[str, Any]) -> torch.Tensor:
-        m = RGB_FROM_HED.to(unit.device, unit.dtype)
-        m_inv = _HED_FROM_RGB.to(unit.device, unit.dtype)
-        od = -torch.log(unit.clamp_min(_EPS))
-        hed = torch.einsum("bchw,cs->bshw", od, m_inv)
-        alpha = params["alpha"].to(unit.device, unit.dtype)[:, :, None, None]
-        beta = params["beta"].to(unit.device, unit.dtype)[:, :, None, None]
-        od2 = torch.einsum("bshw,sc->bchw", hed * alpha + beta, m)
-        return torch.exp(-od2)
+        # od' = M^T (alpha * (M_inv^T od) + beta) is affine in od: fold it into one 3x3 matrix and offset per sample
+        m = RGB_FROM_HED.to(unit.device, torch.float64)
+        m_inv = _HED_FROM_RGB.to(unit.device, torch.float64)
+        alpha = params["alpha"].to(unit.device, torch.float64)
+        beta = params["beta"].to(unit.device, torch.float64)
+        a = (m.T[None] * alpha[:, None, :]) @ m_inv.T  # (B, 3, 3): M^T diag(alpha) M_inv^T
+        c = (beta @ m)[:, :, None]  # (B, 3, 1): M^T beta
+        b, ch, h, w = unit.shape
+        od = unit.clamp_min(_EPS).log_().neg_().reshape(b, ch, h * w)
+        od2 = torch.baddbmm(c.to(unit.dtype), a.to(unit.dtype), od)
+        return od2.neg_().exp_().reshape(b, ch, h, w)

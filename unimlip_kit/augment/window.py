@@ -51,6 +51,8 @@ class RandomWindow(RangeIntensityAugmentation):
         (True, torch.Size([4, 1, 8, 8]))
     """
 
+    gates_rows = False  # skipped samples get the default window (a change of units), not the input
+
     def __init__(
         self,
         windows: Sequence[Tuple[float, float]] = (CT_WINDOWS["soft_tissue"],),
