@@ -30,7 +30,7 @@ def apply_window(x: torch.Tensor, centre: torch.Tensor | float, width: torch.Ten
         >>> apply_window(torch.tensor([-1000.0, 40.0, 1000.0]), 40.0, 400.0)
         tensor([0.0000, 0.5000, 1.0000])
     """
-    return ((x - (centre - width / 2)) / width).clamp(0.0, 1.0)
+    return torch.sub(x, centre - width / 2).div_(width).clamp_(0.0, 1.0)  # one fresh tensor, then in place
 
 
 class RandomWindow(RangeIntensityAugmentation):
