@@ -164,8 +164,28 @@ def test_bad_config_and_batch_raise():
         UniMlipModel(tiny(logit_scale_max=200.0))
     with pytest.raises(ValueError, match="image_keep_ratio"):
         UniMlipModel(tiny(image_keep_ratio=0.0))
+    with pytest.raises(ValueError, match="text_pool must be 'cls' or 'mean'"):
+        UniMlipModel(tiny(text_pool="max"))
     model = UniMlipModel(tiny())
     with pytest.raises(ValueError, match="unknown loss terms"):
         model(batch(), ("itc", "vqa"))
     with pytest.raises(ValueError, match="input_ids"):
         model({"images": torch.rand(2, 1, 32, 32)}, ("itc",))
+
+
+@pytest.mark.parametrize("pool", ["mean", "cls"])
+def test_pooling_matches_float64_reference_and_ignores_padding(pool):
+    model = UniMlipModel(tiny(image_pool=pool, text_pool=pool)).eval()
+    b = batch()
+    hid = model.text_hidden(b["input_ids"], b["attention_mask"]).double()
+    m = b["attention_mask"].double()
+    ref = hid[:, 0] if pool == "cls" else torch.stack([hid[i][m[i] > 0].mean(0) for i in range(len(m))])
+    torch.testing.assert_close(model.pool_text(hid.float(), b["attention_mask"]).double(), ref, atol=1e-6, rtol=1e-6)
+    toks = model.image_tokens(b["images"]).double()
+    ref_img = toks[:, 0] if pool == "cls" else toks[:, 1:].mean(1)
+    torch.testing.assert_close(model.pool_image(toks.float()).double(), ref_img, atol=1e-6, rtol=1e-6)
+    # padding a caption further changes nothing: its embedding depends on its real tokens only
+    ids, mask = b["input_ids"][1:2], b["attention_mask"][1:2]
+    padded_ids = torch.cat([ids, torch.zeros(1, 4, dtype=ids.dtype)], 1)
+    padded_mask = torch.cat([mask, torch.zeros(1, 4, dtype=mask.dtype)], 1)
+    torch.testing.assert_close(model.encode_text(padded_ids, padded_mask), model.encode_text(ids, mask), atol=1e-5, rtol=1e-5)

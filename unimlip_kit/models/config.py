@@ -17,6 +17,11 @@ class UniMlipModelConfig:
         text_model: hub id or local folder of a pretrained BERT-like text model; ``None`` builds one.
         image_size, patch_size, image_channels: the built ViT's input (grey radiographs: 1 channel).
         vision_width, vision_layers, vision_heads: the built ViT's size.
+        image_pool, text_pool: the tower's global feature for ITC and the SSL heads: ``"mean"`` of the
+            patch tokens / real text tokens (default) or ``"cls"`` (the first token). On the synthetic
+            benchmark, towers trained from scratch with [CLS] pooling learn modality and region but not
+            the lesion's side, level, size or density in 500 steps (a [CLS] must first learn where to
+            attend); mean pooling lets every word and patch reach the embedding from the first step.
         vocab_size, max_text_len: the built text model's vocabulary (set from the tokenizer) and positions.
         text_width, text_layers, text_heads: the built text model's size.
         pad_token_id: the tokenizer's padding id (the built text model's embedding padding index).
@@ -44,6 +49,8 @@ class UniMlipModelConfig:
     vision_width: int = 128
     vision_layers: int = 2
     vision_heads: int = 4
+    image_pool: str = "mean"
+    text_pool: str = "mean"
     vocab_size: int = 1000
     max_text_len: int = 64
     text_width: int = 128

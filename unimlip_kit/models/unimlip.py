@@ -72,6 +72,9 @@ class UniMlipModel(nn.Module):
             raise ValueError(f"image_keep_ratio must be in (0, 1], got {cfg.image_keep_ratio}")
         if cfg.logit_scale_max > 100:
             raise ValueError(f"logit_scale_max must be <= 100 (CLIP's clamp), got {cfg.logit_scale_max}")
+        for name in ("image_pool", "text_pool"):
+            if getattr(cfg, name) not in ("cls", "mean"):
+                raise ValueError(f"{name} must be 'cls' or 'mean', got {getattr(cfg, name)!r}")
         self.image_tower = build_image_tower(cfg)
         self.text_tower = build_text_tower(cfg)
         vw, tw = tower_width(self.image_tower), tower_width(self.text_tower)
@@ -108,6 +111,23 @@ class UniMlipModel(nn.Module):
         """(B, L, W) text token states ([CLS] first)."""
         return self.text_tower(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
+    def pool_image(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, W) image feature: the [CLS] token (``image_pool="cls"``) or the mean of the patch tokens (``"mean"``)."""
+        return tokens[:, 0] if self.config.image_pool == "cls" else tokens[:, 1:].mean(dim=1)
+
+    def pool_text(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """(B, W) text feature: [CLS] (``text_pool="cls"``) or the mean over real tokens (``"mean"``, Sentence-BERT).
+
+        Mean pooling lets every word reach the embedding from the first step (a
+        from-scratch [CLS] must first learn to attend to "left" or "hypodense").
+        """
+        if self.config.text_pool == "cls":
+            return hidden[:, 0]
+        if attention_mask is None:
+            return hidden.mean(dim=1)
+        w = attention_mask.to(hidden.dtype).unsqueeze(-1)
+        return (hidden * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
+
     def random_keep_index(self, batch: int, patches: int, device: torch.device,
                           generator: torch.Generator | None = None) -> torch.Tensor | None:
         """FLIP's per-sample random subset of ``floor(ratio * P)`` patch indices (None when keeping all).
@@ -138,7 +158,7 @@ class UniMlipModel(nn.Module):
             >>> m.encode_image(torch.rand(2, 1, 64, 64)).shape
             torch.Size([2, 128])
         """
-        return self.image_proj(self.image_tokens(images)[:, 0])
+        return self.image_proj(self.pool_image(self.image_tokens(images)))
 
     @torch.no_grad()
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -149,7 +169,7 @@ class UniMlipModel(nn.Module):
             >>> m.encode_text(torch.randint(0, 40, (2, 5))).shape
             torch.Size([2, 128])
         """
-        return self.text_proj(self.text_hidden(input_ids, attention_mask)[:, 0])
+        return self.text_proj(self.pool_text(self.text_hidden(input_ids, attention_mask), attention_mask))
 
     # ------------------------------------------------------------------ training
     def forward(
@@ -177,21 +197,22 @@ class UniMlipModel(nn.Module):
         if terms & {"itc", "image_ssl", "itm", "mlm"}:
             img_tokens = self.image_tokens(images)
             if terms & {"itc", "itm"}:
-                out["image_emb"] = self.image_proj(img_tokens[:, 0])
+                out["image_emb"] = self.image_proj(self.pool_image(img_tokens))
             if "image_ssl" in terms:
-                out["image_z1"] = self.image_ssl_proj(img_tokens[:, 0])
+                out["image_z1"] = self.image_ssl_proj(self.pool_image(img_tokens))
         if terms & {"itc", "text_ssl", "itm"}:
             txt_hidden = self.text_hidden(ids, mask)
+            pooled = self.pool_text(txt_hidden, mask)
             if terms & {"itc", "itm"}:
-                out["text_emb"] = self.text_proj(txt_hidden[:, 0])
+                out["text_emb"] = self.text_proj(pooled)
             if "text_ssl" in terms:
-                out["text_h1"] = txt_hidden[:, 0]
+                out["text_h1"] = pooled
 
         if terms & {"itc_feature", "image_ssl"}:  # feature-level image view: view 2 with FLIP token keeping
             view2 = batch.get("images_view2", images)
             keep = self.random_keep_index(view2.shape[0], self._num_patches(), view2.device, generator) \
                 if self.config.image_keep_ratio < 1 else None
-            cls2 = self.image_tokens(view2, keep)[:, 0]
+            cls2 = self.pool_image(self.image_tokens(view2, keep))
             if "itc_feature" in terms:
                 out["image_emb_feat"] = self.image_proj(cls2)
             if "image_ssl" in terms:
@@ -200,7 +221,8 @@ class UniMlipModel(nn.Module):
                     out["image_p1"] = self.image_ssl_pred(out["image_z1"])
                     out["image_p2"] = self.image_ssl_pred(out["image_z2"])
         if terms & {"itc_feature", "text_ssl"}:  # augmented caption, its own dropout mask (SimCSE view)
-            cls2 = self.text_hidden(batch.get("input_ids_aug", ids), batch.get("attention_mask_aug", mask))[:, 0]
+            mask2 = batch.get("attention_mask_aug", mask)
+            cls2 = self.pool_text(self.text_hidden(batch.get("input_ids_aug", ids), mask2), mask2)
             if "itc_feature" in terms:
                 out["text_emb_feat"] = self.text_proj(cls2)
             if "text_ssl" in terms:
