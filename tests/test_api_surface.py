@@ -7,6 +7,7 @@ after a deliberate change; additions never fail the test.
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -60,6 +61,30 @@ def test_all_is_sorted_and_importable(module_name):
     assert names == sorted(names), f"{module_name}.__all__ is not sorted"
     for n in names:
         assert hasattr(module, n), f"{module_name}.__all__ names {n!r} but the module has no such attribute"
+
+
+# Public names whose doctest cannot run on a CPU-only machine (e.g. they need a GPU), as
+# "module.name" with a comment saying why. Keep it empty unless there is such a name.
+EXAMPLE_ALLOWLIST: set[str] = set()
+
+
+def test_every_public_callable_has_an_example():
+    """Every public class or function documents a runnable ``>>>`` example (run by --doctest-modules)."""
+    lacking = []
+    for module_name in MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError:
+            continue
+        for name in getattr(module, "__all__", []):
+            obj = getattr(module, name)
+            if not (inspect.isclass(obj) or inspect.isfunction(obj) or callable(obj)):
+                continue
+            if f"{module_name}.{name}" in EXAMPLE_ALLOWLIST:
+                continue
+            if ">>>" not in (inspect.getdoc(obj) or ""):
+                lacking.append(f"{module_name}.{name}")
+    assert not lacking, f"public names without an Example (>>>) in their docstring: {lacking}"
 
 
 if __name__ == "__main__" and "--update" in sys.argv:

@@ -26,7 +26,17 @@ __all__ = ["ImageTextDataset", "SkippedSample"]
 
 
 class SkippedSample(NamedTuple):
-    """What ``__getitem__`` returns for a pair it could not load."""
+    """What ``__getitem__`` returns for a pair it could not load.
+
+    Example:
+        >>> from pathlib import Path
+        >>> ds = ImageTextDataset([ImageTextRecord("x1", Path("no/such/image.png"), "Chest X-ray.")], image_size=8)
+        >>> s = ds[0]
+        >>> isinstance(s, SkippedSample), s.id, s.reason
+        (True, 'x1', 'missing_image')
+        >>> ds.collate_fn([s])["skipped"][0][:2], ds.skips.total
+        (('x1', 'missing_image'), 1)
+    """
 
     id: str
     reason: str

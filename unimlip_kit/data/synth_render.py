@@ -44,6 +44,13 @@ class SceneSpec:
     ``"upper"``/``"lower"`` (the top/bottom site on the image: upper/lower
     zone, anterior/posterior, frontal/occipital, superficial/deep);
     ``density`` is ``"hyper"`` (brighter than surroundings) or ``"hypo"``.
+
+    Example:
+        >>> spec = SceneSpec("xray", "chest", "left", "lower", "small", "hyper")
+        >>> spec.has_lesion, SceneSpec("mri", "brain").has_lesion
+        (True, False)
+        >>> dataclasses.replace(spec, side="right").side  # frozen: change a copy
+        'right'
     """
 
     modality: str

@@ -60,6 +60,19 @@ def encode_loader(
 
     Returns ``image_emb`` (N, D), ``text_emb`` (N, D) when ``text``, ``labels`` (N,)
     and ``ids``; batches' ``skipped`` entries are collected under ``skipped``.
+
+    Example:
+        >>> class M(torch.nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__(); self.lin = torch.nn.Linear(4, 3); self.e = torch.nn.Embedding(10, 3)
+        ...     def encode_image(self, x): return self.lin(x.flatten(1))
+        ...     def encode_text(self, ids, mask=None): return self.e(ids).mean(1)
+        >>> tok = lambda xs: {"input_ids": torch.tensor([[len(x) % 10] for x in xs])}
+        >>> batches = [{"images": torch.rand(2, 1, 2, 2), "captions": ["a", "bb"], "ids": ["p1", "p2"], "labels": [0, 1]},
+        ...            {"images": torch.rand(0, 1, 2, 2), "captions": [], "skipped": [("p3", "missing_image")]}]
+        >>> out = encode_loader(M(), tok, batches)
+        >>> out["image_emb"].shape, out["text_emb"].shape, out["labels"].tolist(), out["ids"], out["skipped"]
+        (torch.Size([2, 3]), torch.Size([2, 3]), [0, 1], ['p1', 'p2'], [('p3', 'missing_image')])
     """
     from tqdm.auto import tqdm
 

@@ -122,6 +122,21 @@ class VQADataset(Dataset):
 
     ``load_image(path) -> (C, H, W)`` tensor; the default is
     :func:`unimlip_kit.data.load_image` with ``image_size`` and ``channels``.
+
+    Example:
+        >>> from pathlib import Path
+        >>> from unimlip_kit.data import SkipCounter
+        >>> ss = [VQASample("1", Path("a.png"), "Is there a mass?", "yes", "closed"),
+        ...       VQASample("2", Path("gone.png"), "Which organ?", "liver", "open")]
+        >>> def load(p):
+        ...     if p.name == "gone.png": raise FileNotFoundError(p)
+        ...     return torch.zeros(1, 4, 4)
+        >>> ds = VQADataset(ss, AnswerVocab(["yes", "no"]), load_image=load, skips=SkipCounter())
+        >>> ds[0]["label"], ds[0]["image"].shape, ds[1], ds.skips.counts()
+        (1, torch.Size([1, 4, 4]), None, {'missing_image': 1})
+        >>> batch = VQADataset.collate([ds[0], ds[1]])
+        >>> batch["images"].shape, batch["questions"], batch["labels"].tolist()
+        (torch.Size([1, 1, 4, 4]), ['Is there a mass?'], [1])
     """
 
     def __init__(
@@ -223,6 +238,27 @@ def evaluate_vqa(
 
     Skipped (unreadable) images are left out of the scores (and counted in
     ``dataset.skips``); returns ``(metrics, predictions)`` for the samples scored.
+
+    Example:
+        >>> from pathlib import Path
+        >>> class Toy(nn.Module):  # any backbone with image_tokens / text_hidden / fusion
+        ...     def __init__(self):
+        ...         super().__init__(); self.emb = nn.Embedding(20, 8); self.img = nn.Linear(1, 8)
+        ...     def image_tokens(self, x): return self.img(x.flatten(2).transpose(1, 2))
+        ...     def text_hidden(self, ids, mask): return self.emb(ids)
+        ...     def fusion(self, t, m, i): return t + i.mean(1, keepdim=True)
+        >>> qa = [("is there a mass", "yes", "closed"), ("is it normal", "no", "closed"),
+        ...       ("which organ is this", "liver", "open"), ("is there any fluid", "yes", "closed")]
+        >>> ss = [VQASample(str(k), Path(f"{k}.png"), q, a, t) for k, (q, a, t) in enumerate(qa)]
+        >>> tok = lambda qs: {"input_ids": torch.tensor([[len(w) for w in q.split()[:3]] for q in qs])}
+        >>> def load(p):  # sample 3's image is missing: it is skipped, not scored
+        ...     if p.stem == "3": raise FileNotFoundError(p)
+        ...     return torch.full((1, 4, 4), int(p.stem) / 4)
+        >>> ds = VQADataset(ss, AnswerVocab.from_samples(ss), load_image=load)
+        >>> _ = torch.manual_seed(0); clf = VQAClassifier(Toy(), num_answers=len(ds.vocab), width=8)
+        >>> metrics, preds = evaluate_vqa(clf, tok, ds, batch_size=2)
+        >>> metrics["n"], metrics["n_closed"], metrics["n_open"], len(preds), set(preds) <= set(ds.vocab.answers)
+        (3, 2, 1, 3, True)
     """
     from tqdm.auto import tqdm
 
@@ -261,6 +297,24 @@ def train_vqa(
 
     Returns the per-step training losses. Samples whose answer is not in the
     vocabulary (label −1) are ignored by the loss.
+
+    Example:
+        >>> from pathlib import Path
+        >>> class Toy(nn.Module):  # any backbone with image_tokens / text_hidden / fusion
+        ...     def __init__(self):
+        ...         super().__init__(); self.emb = nn.Embedding(20, 8); self.img = nn.Linear(1, 8)
+        ...     def image_tokens(self, x): return self.img(x.flatten(2).transpose(1, 2))
+        ...     def text_hidden(self, ids, mask): return self.emb(ids)
+        ...     def fusion(self, t, m, i): return t + i.mean(1, keepdim=True)
+        >>> qa = [("is there a mass", "yes", "closed"), ("is it normal", "no", "closed"),
+        ...       ("which organ is this", "liver", "open"), ("is there any fluid", "yes", "closed")]
+        >>> ss = [VQASample(str(k), Path(f"{k}.png"), q, a, t) for k, (q, a, t) in enumerate(qa)]
+        >>> tok = lambda qs: {"input_ids": torch.tensor([[len(w) for w in q.split()[:3]] for q in qs])}
+        >>> ds = VQADataset(ss, AnswerVocab.from_samples(ss), load_image=lambda p: torch.full((1, 4, 4), int(p.stem) / 4))
+        >>> _ = torch.manual_seed(0); clf = VQAClassifier(Toy(), num_answers=len(ds.vocab), width=8)
+        >>> losses = train_vqa(clf, tok, ds, epochs=1, batch_size=2, generator=torch.Generator().manual_seed(0))
+        >>> len(losses), all(math.isfinite(x) and x > 0 for x in losses)  # 4 samples / batch 2 = 2 steps
+        (2, True)
     """
     from tqdm.auto import tqdm
 

@@ -28,6 +28,14 @@ class KeptTokens(NamedTuple):
         tokens: (B, K, ...) the kept tokens, in their original order.
         index: (B, K) long, their positions in the input (gather positional embeddings with it).
         mask: (B, K) bool, False on padding slots of samples that keep fewer than K tokens.
+
+    Example:
+        >>> ids = torch.tensor([[5, 6, 7, 0], [8, 9, 0, 0]])  # 3 and 2 real tokens, 0 = padding
+        >>> kept = random_token_keep(ids, 0.7, attention_mask=ids > 0, generator=torch.Generator().manual_seed(0))
+        >>> kept.tokens.shape, kept.mask.tolist(), kept.index[1, 1].item()  # keeps 2 and 1 tokens
+        (torch.Size([2, 2]), [[True, True], [True, False]], 0)
+        >>> bool((kept.tokens[kept.mask] > 0).all()), torch.equal(kept.tokens, gather_tokens(ids, kept.index))
+        (True, True)
     """
 
     tokens: torch.Tensor

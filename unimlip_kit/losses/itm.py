@@ -32,6 +32,14 @@ class ITMPairs(NamedTuple):
         labels: (M,) long, 1 for the N positives, 0 for the negatives.
         image_index: (M,) long, the source row of each pair's image.
         text_index: (M,) long, the source row of each pair's text (gather any other per-text input with it).
+
+    Example:
+        >>> ids = torch.tensor([[1, 2], [3, 4]])
+        >>> pairs = build_itm_pairs(torch.randn(2, 4), ids, None, torch.tensor([1, -1]), torch.tensor([-1, 0]))
+        >>> pairs.labels.tolist(), pairs.image_index.tolist(), pairs.text_index.tolist()
+        ([1, 1, 0, 0], [0, 1, 0, 0], [0, 1, 1, 1])
+        >>> pairs.text_ids.tolist(), pairs.text_mask is None
+        ([[1, 2], [3, 4], [3, 4], [3, 4]], True)
     """
 
     image: torch.Tensor

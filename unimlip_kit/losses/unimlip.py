@@ -55,6 +55,15 @@ class MissingLossInputsError(KeyError, ValueError):
 
     A ``KeyError`` (a key is missing) and a ``ValueError`` (the project's bad-input error), so
     either ``except`` clause catches it.
+
+    Example:
+        >>> itc_only = UniMlipLoss(weights={"itc_feature": 0, "image_ssl": 0, "text_ssl": 0, "itm": 0, "mlm": 0})
+        >>> try:
+        ...     itc_only({"image_emb": torch.zeros(2, 4)})
+        ... except ValueError as err:
+        ...     print(isinstance(err, KeyError)); print(err)
+        True
+        UniMlipLoss: term 'itc' (weight 1) needs ['text_emb', 'logit_scale'] — missing from the model outputs (present: ['image_emb']); produce them or set those weights to 0
     """
 
     def __str__(self) -> str:  # KeyError would print the repr of the message
@@ -62,7 +71,20 @@ class MissingLossInputsError(KeyError, ValueError):
 
 
 class UniMlipOutput(NamedTuple):
-    """``total`` (differentiable) and ``terms``: each enabled term's *unweighted* value, detached."""
+    """``total`` (differentiable) and ``terms``: each enabled term's *unweighted* value, detached.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> img = torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=-1).requires_grad_()
+        >>> txt = torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=-1)
+        >>> loss_fn = UniMlipLoss(weights={"itc": 2.0, "itc_feature": 0, "image_ssl": 0, "text_ssl": 0, "itm": 0, "mlm": 0})
+        >>> out = loss_fn({"image_emb": img, "text_emb": txt, "logit_scale": 10.0})
+        >>> isinstance(out, UniMlipOutput), list(out.terms), out.total.requires_grad, out.terms["itc"].requires_grad
+        (True, ['itc'], True, False)
+        >>> total, terms = out
+        >>> torch.allclose(total.detach(), 2.0 * terms["itc"])
+        True
+    """
 
     total: torch.Tensor
     terms: dict[str, torch.Tensor]

@@ -39,6 +39,14 @@ class UniMlipModelConfig:
         mask_token_id, special_token_ids: the tokenizer's [MASK] and special ids (MLM masking
             inside ``forward``; set by the recipe from the tokenizer).
         mlm_probability: BERT's selection rate for image-conditioned MLM.
+
+    Example:
+        >>> cfg = UniMlipModelConfig(vision_width=32, text_width=32, embed_dim=16, special_token_ids=[0, 1])
+        >>> (cfg.image_size // cfg.patch_size) ** 2, cfg.embed_dim, cfg.image_pool, cfg.image_model is None
+        (64, 16, 'mean', True)
+        >>> from dataclasses import asdict
+        >>> UniMlipModelConfig(**asdict(cfg)) == cfg  # round-trips through a plain dict (YAML/JSON configs)
+        True
     """
 
     image_model: str | None = None

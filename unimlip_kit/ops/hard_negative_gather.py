@@ -35,6 +35,17 @@ class HardNegatives:
         negative_images: (K2, ...) rows of ``image_emb`` (and ``image_inputs``) chosen for those texts.
         negative_text_inputs: the ``text_inputs`` tensors gathered like ``negative_texts``.
         negative_image_inputs: the ``image_inputs`` tensors gathered like ``negative_images``.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> emb = torch.randn(3, 4, generator=g)
+        >>> hn = gather_hard_negatives(emb, emb, 5.0, ids=torch.tensor([0, 0, 1]), generator=g)
+        >>> hn.text_for_image[:2].tolist(), hn.image_rows.tolist()  # rows 0 and 1 share an id: only text 2 is a negative
+        ([2, 2], [0, 1, 2])
+        >>> hn.negative_texts.shape, torch.equal(hn.negative_texts[0], emb[2])
+        (torch.Size([3, 4]), True)
+        >>> gather_hard_negatives(emb[:1], emb[:1], 5.0).image_rows.numel()  # N = 1: no candidate, index -1
+        0
     """
 
     text_for_image: torch.Tensor
