@@ -47,8 +47,9 @@ import torch.distributed as dist
 from torch import nn
 
 from unimlip_kit.augment import MODALITIES as AUG_PRESETS
-from unimlip_kit.augment import CaptionAugment, LateralityAwareFlip, preset
-from unimlip_kit.data import ImageTextDataset, SkipCounter, SyntheticConfig, build_dataloader, build_synthetic_dataset, read_roco
+from unimlip_kit.augment import CaptionAugment, LateralityAwareFlip, preset, swap_laterality
+from unimlip_kit.data import (ImageTextDataset, SkipCounter, SyntheticConfig, build_dataloader, build_synthetic_dataset,
+                              group_ids_from_keys, normalize_caption, read_roco)
 from unimlip_kit.distributed import get_rank, get_world_size, is_distributed
 from unimlip_kit.eval import retrieval_metrics
 from unimlip_kit.losses import DEFAULT_WEIGHTS, UniMlipLoss
@@ -243,6 +244,33 @@ def cosine_with_warmup(step: int, warmup: int, total: int, min_ratio: float) -> 
 # ----------------------------------------------------------------------------- data-level views
 
 
+def regroup_after_flip(keys: list[list[str]], flipped: list[bool], captions: list[str]) -> torch.Tensor:
+    """Group ids (same meaning = never each other's ITM negative) after the laterality-aware flip.
+
+    A flipped "right lower lobe" sample now means "left lower lobe": its image is a new image,
+    its caption key is the swapped caption and its record group has left and right swapped, so it
+    joins the unflipped left-sided samples of its kind and leaves the right-sided ones.
+    """
+    if len(flipped) == 1 and len(keys) > 1:
+        flipped = flipped * len(keys)
+    out = []
+    for ks, f, cap in zip(keys, flipped, captions):
+        if not f:
+            out.append(ks)
+            continue
+        new = []
+        for k in ks:
+            if k.startswith("img:"):
+                k = k + "#hflip"
+            elif k.startswith("cap:"):
+                k = "cap:" + normalize_caption(cap)
+            elif k.startswith("grp:"):
+                k = "grp:" + swap_laterality(k[4:])
+            new.append(k)
+        out.append(new)
+    return group_ids_from_keys(out)
+
+
 class BatchMaker:
     """Turns a collated batch into the model's inputs: flip, two augmented views, captions, tokens.
 
@@ -284,6 +312,9 @@ class BatchMaker:
         self.reseed(*keys)
         images, captions = batch["images"], list(batch["captions"])
         images, captions = self.flip(images, captions)  # left/right in the caption follows the image
+        group_ids = batch["group_ids"]
+        if self.flip.mode == "swap" and "group_keys" in batch:
+            group_ids = regroup_after_flip(batch["group_keys"], self.flip.flipped().tolist(), captions)
         if self.views:
             view1, view2 = self._augment(images, batch["modality"], 1), self._augment(images, batch["modality"], 2)
         else:
@@ -292,7 +323,7 @@ class BatchMaker:
         t2 = self.tokens(self.text_aug(captions)) if self.text_aug is not None else t1
         out = {"images": view1, "images_view2": view2, **t1,
                "input_ids_aug": t2["input_ids"], "attention_mask_aug": t2["attention_mask"],
-               "group_ids": batch["group_ids"]}
+               "group_ids": group_ids}
         return {k: v.to(self.device, non_blocking=True) for k, v in out.items()}
 
 

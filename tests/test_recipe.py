@@ -109,3 +109,21 @@ def test_torchrun_two_processes_on_cpu(tmp_path, cache):
 
     metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert metrics["train"]["world_size"] == 2 and metrics["train"]["steps"] == 2
+
+
+def test_flipped_samples_change_group_with_their_meaning():
+    """After the laterality-aware flip, ITM's same-meaning groups follow the new side (never a false negative)."""
+    from unimlip_kit.data import collate_image_text
+
+    recipe = _recipe()
+    samples = [
+        {"image": torch.zeros(1, 4, 4), "caption": "Mass in the right lung.", "id": "a", "image_key": "a", "group": "ct|right"},
+        {"image": torch.zeros(1, 4, 4), "caption": "Nodule in the left lung.", "id": "b", "image_key": "b", "group": "ct|left"},
+        {"image": torch.zeros(1, 4, 4), "caption": "Mass in the right lung!", "id": "c", "image_key": "c", "group": "ct|right"},
+    ]
+    batch = collate_image_text(samples)
+    assert batch["group_ids"].tolist() == [0, 1, 0]
+    flipped = [False, True, True]  # b now shows a right-sided finding, c a left-sided one
+    captions = ["Mass in the right lung.", "Nodule in the right lung.", "Mass in the left lung!"]
+    assert recipe.regroup_after_flip(batch["group_keys"], flipped, captions).tolist() == [0, 0, 1]
+    assert recipe.regroup_after_flip(batch["group_keys"], [False], captions[:1] * 3).tolist() == [0, 1, 0]

@@ -109,6 +109,7 @@ class ImageTextCollate:
             "ids": [str(s["id"]) for s in kept],
             "labels": torch.tensor([int(s.get("label", -1)) for s in kept], dtype=torch.long),
             "group_ids": group_ids_from_keys(keys) if kept else torch.zeros(0, dtype=torch.long),
+            "group_keys": keys,  # the keys behind group_ids, to regroup after a transform that changes meaning
             "modality": [str(s.get("modality", "unknown")) for s in kept],
             "skipped": skipped,
         }
