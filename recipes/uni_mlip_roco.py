@@ -549,7 +549,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for micro in range(cfg.train.grad_accum):
             raw = stream.next()
             skips.update_from_batch(raw)
-            if len(raw["ids"]) < 2:  # a batch emptied by skipped images: nothing to contrast
+            usable = len(raw["ids"]) >= 2  # a batch emptied by skipped images has nothing to contrast
+            if is_distributed():  # skip together: a rank that skipped alone would leave the others' collectives hanging
+                flag = torch.tensor([int(usable)], device=device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+                usable = bool(flag.item())
+            if not usable:
                 continue
             # Every random stream of this micro-batch restarts from (seed, step, micro, rank): resumable exactly.
             torch.manual_seed(derive_seed(cfg.seed, "global", step, micro, rank))  # dropout and anything unseeded
@@ -573,7 +578,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{acc.get('total', float('nan')):.3f}")
-        if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
+        if acc and (step % cfg.train.log_every == 0 or step == cfg.train.max_steps):  # acc is empty if every batch was unusable
             row = {"step": step, "lr": sched.get_last_lr()[0], "logit_scale": float(model.logit_scale().detach()), **acc}
             history.append(row)
         if rank == 0 and (step % cfg.train.ckpt_every == 0 or step == cfg.train.max_steps):

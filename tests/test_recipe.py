@@ -111,6 +111,31 @@ def test_torchrun_two_processes_on_cpu(tmp_path, cache):
     assert metrics["train"]["world_size"] == 2 and metrics["train"]["steps"] == 2
 
 
+def test_torchrun_survives_a_rank_whose_batch_is_all_corrupt(tmp_path, cache):
+    """Rank 1's first batch is unreadable: both ranks skip that step together instead of deadlocking."""
+    import json
+
+    from unimlip_kit.data import EpochSampler, SyntheticConfig, build_synthetic_dataset, read_roco
+
+    built = build_synthetic_dataset(SyntheticConfig(n_train=16, n_validation=2, n_test=8, image_size=32), cache)
+    roco = tmp_path / "roco"
+    shutil.copytree(built, roco)
+    records = read_roco(roco, "train")
+    rank1 = EpochSampler(len(records), seed=0, rank=1, world_size=2, drop_last=True)
+    rank1.set_epoch(0)
+    victims = sorted(set(list(rank1)[:8]))  # rank 1's whole first batch of 8
+    for i in victims:
+        Path(records[i].image_path).write_bytes(b"\xff\xd8 this is not a JPEG")
+    env = dict(os.environ, OMP_NUM_THREADS="1", UNIMLIP_CACHE=str(cache))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(RECIPE), *TINY,
+           "--data-root", str(roco), "--max-steps", "2", "--output-dir", str(tmp_path / "ddp")]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert metrics["train"]["world_size"] == 2 and metrics["train"]["steps"] == 2
+    assert metrics["data"]["skipped"] == len(victims) == 8
+
+
 def test_flipped_samples_change_group_with_their_meaning():
     """After the laterality-aware flip, ITM's same-meaning groups follow the new side (never a false negative)."""
     from unimlip_kit.data import collate_image_text
