@@ -30,7 +30,6 @@ then only collects the table. The committed table took about 25 minutes that way
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import sys
 import time
@@ -41,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from unimlip_kit.utils.io import load_json, run_metadata, save_json  # noqa: E402
+from unimlip_kit.utils.io import load_json, load_script, run_metadata, save_json  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 
@@ -64,11 +63,7 @@ METRICS: dict[str, Callable[[Mapping[str, Any]], float]] = {
 
 
 def _load_recipe(name: str):
-    spec = importlib.util.spec_from_file_location(f"_recipe_{name}", REPO / "recipes" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(REPO / "recipes" / f"{name}.py")
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

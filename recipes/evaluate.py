@@ -255,13 +255,9 @@ def format_table(metrics: Mapping[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- run folder
 def _load_recipe_module():
-    import importlib.util
+    from unimlip_kit.utils.io import load_script
 
-    spec = importlib.util.spec_from_file_location("_uni_mlip_roco", REPO / "recipes" / "uni_mlip_roco.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(REPO / "recipes" / "uni_mlip_roco.py")
 
 
 def find_weights(run_dir: Path, checkpoint: str | None = None) -> Path:

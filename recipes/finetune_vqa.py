@@ -45,13 +45,9 @@ from unimlip_kit.utils.seeding import make_generator, seed_everything  # noqa: E
 
 
 def _evaluate_module():
-    import importlib.util
+    from unimlip_kit.utils.io import load_script
 
-    spec = importlib.util.spec_from_file_location("_evaluate", REPO / "recipes" / "evaluate.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(REPO / "recipes" / "evaluate.py")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -112,7 +112,15 @@ class UniMlipModel(nn.Module):
         return self.text_tower(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
     def pool_image(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, W) image feature: the [CLS] token (``image_pool="cls"``) or the mean of the patch tokens (``"mean"``)."""
+        """(B, W) image feature: the [CLS] token (``image_pool="cls"``) or the mean of the patch tokens (``"mean"``).
+
+        Example:
+            >>> model = UniMlipModel(UniMlipModelConfig(vision_layers=1, text_layers=1, vision_width=32, text_width=32,
+            ...                                         vision_heads=2, text_heads=2, fusion_heads=2, embed_dim=16))
+            >>> tokens = torch.arange(6.0).reshape(1, 3, 2)  # [CLS] + 2 patch tokens of width 2
+            >>> model.pool_image(tokens).tolist()
+            [[3.0, 4.0]]
+        """
         return tokens[:, 0] if self.config.image_pool == "cls" else tokens[:, 1:].mean(dim=1)
 
     def pool_text(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -120,6 +128,13 @@ class UniMlipModel(nn.Module):
 
         Mean pooling lets every word reach the embedding from the first step (a
         from-scratch [CLS] must first learn to attend to "left" or "hypodense").
+
+        Example:
+            >>> model = UniMlipModel(UniMlipModelConfig(vision_layers=1, text_layers=1, vision_width=32, text_width=32,
+            ...                                         vision_heads=2, text_heads=2, fusion_heads=2, embed_dim=16))
+            >>> hidden = torch.tensor([[[1.0], [3.0], [100.0]]])  # 2 real tokens, then padding
+            >>> model.pool_text(hidden, torch.tensor([[1, 1, 0]])).tolist()
+            [[2.0]]
         """
         if self.config.text_pool == "cls":
             return hidden[:, 0]
