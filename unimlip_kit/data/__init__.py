@@ -7,7 +7,7 @@ Data flow: reader -> list[ImageTextRecord] -> ImageTextDataset (decode + resize 
 
 from unimlip_kit.data.collate import ImageTextCollate, collate_image_text, group_ids_from_keys, normalize_caption
 from unimlip_kit.data.dataset import ImageTextDataset, SkippedSample
-from unimlip_kit.data.decode import ImageDecodeError, image_format, load_image, read_image_array
+from unimlip_kit.data.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, image_format, load_image, read_image_array
 from unimlip_kit.data.loader import EpochSampler, build_dataloader
 from unimlip_kit.data.modality import MODALITIES, infer_modality
 from unimlip_kit.data.records import UNKNOWN_LABEL, UNKNOWN_MODALITY, ImageTextRecord
@@ -34,6 +34,7 @@ from unimlip_kit.data.verify import verify_records
 from unimlip_kit.data.window import WINDOW_PRESETS, apply_window, resolve_window
 
 __all__ = [
+    "DEFAULT_MAX_PIXELS",
     "EpochSampler",
     "FINDING_CLASSES",
     "GENERATOR_VERSION",

@@ -18,8 +18,9 @@ import torch
 from torch.utils.data import Dataset
 
 from unimlip_kit.data.collate import ImageTextCollate
-from unimlip_kit.data.decode import ImageDecodeError, load_image
+from unimlip_kit.data.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, check_decode_args, load_image
 from unimlip_kit.data.records import ImageTextRecord
+from unimlip_kit.data.resize import RESIZE_MODES
 from unimlip_kit.data.skips import SkipCounter
 
 __all__ = ["ImageTextDataset", "SkippedSample"]
@@ -53,8 +54,13 @@ class ImageTextDataset(Dataset):
         resize: ``"pad"`` (default), ``"crop"`` or ``"stretch"`` (see :func:`resize_image`).
         window: DICOM/NIfTI window preset or (centre, width) in HU; ``None`` uses the file's.
         slice_index, slice_axis: NIfTI slice choice (default: middle axial slice).
+        max_pixels: largest image (width x height) decoded; larger ones are skipped as
+            ``image_too_large`` (default: Pillow's limit; ``None``: no limit).
         transform: optional per-sample callable on the (C, H, W) image tensor.
         skips: counter receiving decode failures (default: a new one, ``self.skips``).
+
+    Options that would fail for every image (``window="lugn"``, ``slice_axis=7``,
+    ``resize="fit"``) raise ``ValueError`` here, once, instead of skipping every pair.
 
     Example:
         >>> import tempfile
@@ -81,11 +87,19 @@ class ImageTextDataset(Dataset):
         window: str | tuple[float, float] | None = None,
         slice_index: int | None = None,
         slice_axis: int = 2,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         skips: SkipCounter | None = None,
     ) -> None:
-        if channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {channels}")
+        check_decode_args(
+            channels=channels, window=window, slice_index=slice_index, slice_axis=slice_axis, max_pixels=max_pixels
+        )
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
+        if image_size is not None:
+            sides = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+            if len(sides) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in sides):
+                raise ValueError(f"image_size must be None, a positive int or (H, W) of positive ints, got {image_size!r}")
         self.records = list(records)
         self.image_size = image_size
         self.channels = channels
@@ -93,6 +107,7 @@ class ImageTextDataset(Dataset):
         self.window = window
         self.slice_index = slice_index
         self.slice_axis = slice_axis
+        self.max_pixels = max_pixels
         self.transform = transform
         self.skips = skips if skips is not None else SkipCounter()
 
@@ -123,6 +138,7 @@ class ImageTextDataset(Dataset):
                 window=self.window,
                 slice_index=self.slice_index,
                 slice_axis=self.slice_axis,
+                max_pixels=self.max_pixels,
             )
         except ImageDecodeError as err:
             self.skips.add(rec.id, err.reason, str(err))

@@ -9,27 +9,57 @@ One entry point, :func:`load_image`, dispatches on the file:
 * DICOM (``.dcm``, ``.dicom`` or the ``DICM`` magic) via :mod:`unimlip_kit.data.dicom`.
 * NIfTI (``.nii``, ``.nii.gz``) via :mod:`unimlip_kit.data.nifti`.
 
-Every failure is an :class:`ImageDecodeError` carrying a skip ``reason``
-(``missing_image``, ``corrupt_image``, ``unsupported_format``) so datasets can
-skip and count it.
+Every failure of a *file* is an :class:`ImageDecodeError` carrying a skip
+``reason`` (``missing_image``, ``corrupt_image``, ``unsupported_format``,
+``image_too_large``) so datasets can skip and count it. A bad *argument*
+(an unknown ``window`` preset, ``slice_axis=7``, ``channels=2``) is a caller
+error that would fail for every file, so it raises ``ValueError`` before any
+file is touched instead of filing every image as corrupt.
+
+Large images: Pillow's process-wide decompression-bomb limit is replaced by the
+explicit ``max_pixels`` argument (default :data:`DEFAULT_MAX_PIXELS`, Pillow's
+own hard limit; ``None`` for no limit). An image above it — a whole-slide
+thumbnail, or a forged PNG header — is an ``image_too_large`` skip, never an
+exception that aborts the DataLoader.
+
+Non-finite values (NaN voxels outside a mask, float TIFFs) are ignored by the
+intensity range and filled with 0; see :mod:`unimlip_kit.data.window`.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from unimlip_kit.data.resize import resize_image
+from unimlip_kit.data.window import minmax_unit, resolve_window
 
-__all__ = ["DICOM_SUFFIXES", "ImageDecodeError", "NIFTI_SUFFIXES", "image_format", "load_image", "read_image_array"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "DICOM_SUFFIXES",
+    "IMAGE_SUFFIXES",
+    "ImageDecodeError",
+    "NIFTI_SUFFIXES",
+    "check_decode_args",
+    "image_format",
+    "load_image",
+    "read_image_array",
+]
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+#: Every file suffix :func:`load_image` decodes (Pillow's common formats, DICOM, NIfTI).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp") + DICOM_SUFFIXES + NIFTI_SUFFIXES
+#: Default pixel limit (width x height): Pillow's own hard limit, 2 x ``PIL.Image.MAX_IMAGE_PIXELS``.
+DEFAULT_MAX_PIXELS = 2 * (1024 * 1024 * 1024 // 4 // 3)
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
+# Pillow's bomb limit is a module global; it is lifted only under this lock, for one open/load at a time.
+_PIL_LIMIT_LOCK = threading.Lock()
 
 
 class ImageDecodeError(ValueError):
@@ -68,12 +98,88 @@ def image_format(path: str | os.PathLike) -> Literal["dicom", "nifti", "pil"]:
     return "pil"
 
 
-def _pil_array(path: Path, channels: int) -> np.ndarray:
+def check_decode_args(
+    *,
+    channels: int = 1,
+    window: str | tuple[float, float] | None = None,
+    frame: int | None = None,
+    slice_index: int | None = None,
+    slice_axis: int = 2,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> None:
+    """Raise ``ValueError`` naming the argument if a decode option is invalid for *every* file.
+
+    Called by :func:`read_image_array` and by :class:`~unimlip_kit.data.ImageTextDataset` at
+    construction, so a typo fails once instead of skipping every image as corrupt.
+
+    Example:
+        >>> check_decode_args(window="lung", slice_axis=0)
+        >>> check_decode_args(slice_axis=7)
+        Traceback (most recent call last):
+        ...
+        ValueError: slice_axis must be 0, 1 or 2 (sagittal, coronal, axial), got 7
+    """
+    if channels not in (1, 3) or isinstance(channels, bool):
+        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+    resolve_window(window)
+    if isinstance(slice_axis, bool) or slice_axis not in (0, 1, 2):
+        raise ValueError(f"slice_axis must be 0, 1 or 2 (sagittal, coronal, axial), got {slice_axis!r}")
+    for name, v in (("frame", frame), ("slice_index", slice_index)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0):
+            raise ValueError(f"{name} must be None or an integer >= 0, got {v!r}")
+    if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1):
+        raise ValueError(f"max_pixels must be None (no limit) or an integer >= 1, got {max_pixels!r}")
+
+
+def _too_large(path: Path, size: tuple[int, int], max_pixels: int) -> ImageDecodeError:
+    w, h = size
+    return ImageDecodeError(
+        f"{path}: {w}x{h} = {w * h} pixels is above max_pixels={max_pixels} "
+        "(pass a larger max_pixels, or None for no limit, to decode it)",
+        "image_too_large",
+    )
+
+
+def _open_pil(path: Path, max_pixels: int | None) -> Any:
+    """``Image.open`` (header only) with our ``max_pixels`` instead of Pillow's global bomb limit."""
+    from PIL import Image
+
+    with _PIL_LIMIT_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            im = Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+    if max_pixels is not None and im.size[0] * im.size[1] > max_pixels:
+        im.close()
+        raise _too_large(path, im.size, max_pixels)
+    return im
+
+
+def _load_pil(im: Any) -> None:
+    """``im.load()``; Pillow re-checks tile sizes at load time, so lift its limit for images above it."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is None or im.size[0] * im.size[1] <= limit:
+        im.load()
+        return
+    with _PIL_LIMIT_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            im.load()
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def _pil_array(path: Path, channels: int, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            im.load()  # forces full decode: truncated files fail here, not later
+        with _open_pil(path, max_pixels) as im:
+            _load_pil(im)  # forces full decode: truncated files fail here, not later
             if im.format in ("JPEG", "MPO", "TIFF"):
                 im = ImageOps.exif_transpose(im)
             mode = im.mode
@@ -85,24 +191,37 @@ def _pil_array(path: Path, channels: int) -> np.ndarray:
                 scale = 65535.0 if a.min() >= 0 and a.max() <= 65535 else float(a.max() - a.min()) or 1.0
                 arr = (a - (0 if scale == 65535.0 else a.min())) / scale
             elif mode == "F":
-                a = np.asarray(im, dtype=np.float64)
-                lo, hi = float(a.min()), float(a.max())
-                arr = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+                arr = minmax_unit(np.asarray(im, dtype=np.float64))  # NaN ignored by the range, then 0
             elif mode in ("L", "1"):
                 arr = np.asarray(im.convert("L"), dtype=np.float64) / 255.0
             elif mode == "LA":
                 arr = np.asarray(im, dtype=np.float64)[..., 0] / 255.0
             else:
                 arr = np.asarray(im.convert("RGB"), dtype=np.float64) / 255.0
+    except ImageDecodeError:
+        raise
     except FileNotFoundError as err:
         raise ImageDecodeError(f"{path}: file not found", "missing_image") from err
     except UnidentifiedImageError as err:
         raise ImageDecodeError(f"{path}: not a readable image ({err})", "corrupt_image") from err
-    except (OSError, SyntaxError, ValueError) as err:
+    except Image.DecompressionBombError as err:  # a frame or tile above Pillow's limit (GIF, TIFF)
+        raise ImageDecodeError(f"{path}: {err}", "image_too_large") from err
+    except MemoryError as err:
+        raise ImageDecodeError(f"{path}: out of memory while decoding; lower max_pixels", "image_too_large") from err
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise ImageDecodeError(f"{path}: corrupt image ({err})", "corrupt_image") from err
     if arr.ndim == 3 and channels == 1:
         arr = arr @ _LUMA
     return arr
+
+
+def _failure_reason(err: BaseException) -> str:
+    """Skip reason of a pydicom/nibabel failure: a missing codec is ``unsupported_format``, the rest corrupt."""
+    if isinstance(err, NotImplementedError):
+        return "unsupported_format"
+    msg = str(err).lower()
+    codec = ("missing dependencies", "no pixel data decoders", "is not supported", "not supported by", "no handler")
+    return "unsupported_format" if any(w in msg for w in codec) else "corrupt_image"
 
 
 def read_image_array(
@@ -113,11 +232,15 @@ def read_image_array(
     frame: int | None = None,
     slice_index: int | None = None,
     slice_axis: int = 2,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> np.ndarray:
     """Decode ``path`` to float32 (H, W) (grey) or (H, W, 3) in [0, 1], at native resolution.
 
     ``window`` applies to DICOM/NIfTI (preset name or ``(centre, width)`` in HU);
-    ``frame`` to multi-frame DICOM; ``slice_index``/``slice_axis`` to NIfTI.
+    ``frame`` to multi-frame DICOM; ``slice_index``/``slice_axis`` to NIfTI;
+    ``max_pixels`` (width x height, ``None``: no limit) to Pillow images. Bad
+    arguments raise ``ValueError`` (:func:`check_decode_args`); a file that cannot
+    be decoded raises :class:`ImageDecodeError` with its skip reason.
 
     Example:
         >>> import tempfile, os
@@ -126,15 +249,20 @@ def read_image_array(
         >>> Image.fromarray(np.array([[0, 65535]], dtype=np.uint16)).save(p)
         >>> read_image_array(p).tolist()
         [[0.0, 1.0]]
+        >>> read_image_array(p, max_pixels=1)
+        Traceback (most recent call last):
+        ...
+        unimlip_kit.data.decode.ImageDecodeError: ...: 2x1 = 2 pixels is above max_pixels=1 (pass a larger max_pixels, or None for no limit, to decode it)
     """
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    check_decode_args(
+        channels=channels, window=window, frame=frame, slice_index=slice_index, slice_axis=slice_axis, max_pixels=max_pixels
+    )
     p = Path(path)
     if not p.is_file():
         raise ImageDecodeError(f"{p}: file not found", "missing_image")
     fmt = image_format(p)
     if fmt == "pil":
-        arr = _pil_array(p, channels)
+        arr = _pil_array(p, channels, max_pixels)
     else:
         try:
             if fmt == "dicom":
@@ -148,10 +276,9 @@ def read_image_array(
         except ImportError:
             raise
         except Exception as err:  # pydicom/nibabel raise many types for bad files
-            msg = str(err).lower()
-            missing_codec = any(w in msg for w in ("decoder", "handler", "plugin", "transfer syntax"))
-            reason = "unsupported_format" if missing_codec else "corrupt_image"
-            raise ImageDecodeError(f"{p}: cannot decode {fmt} file ({type(err).__name__}: {err})", reason) from err
+            raise ImageDecodeError(
+                f"{p}: cannot decode {fmt} file ({type(err).__name__}: {err})", _failure_reason(err)
+            ) from err
     arr = np.asarray(arr, dtype=np.float32)
     if not np.isfinite(arr).all():
         raise ImageDecodeError(f"{p}: decoded image contains NaN or infinity", "corrupt_image")
@@ -172,8 +299,11 @@ def load_image(
     frame: int | None = None,
     slice_index: int | None = None,
     slice_axis: int = 2,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> torch.Tensor:
     """Decode ``path`` to a float32 (C, H, W) tensor in [0, 1], resized to ``size`` (``None``: native).
+
+    Options as for :func:`read_image_array`.
 
     Example:
         >>> import tempfile, os
@@ -184,7 +314,13 @@ def load_image(
         (torch.Size([1, 16, 16]), torch.float32)
     """
     arr = read_image_array(
-        path, channels=channels, window=window, frame=frame, slice_index=slice_index, slice_axis=slice_axis
+        path,
+        channels=channels,
+        window=window,
+        frame=frame,
+        slice_index=slice_index,
+        slice_axis=slice_axis,
+        max_pixels=max_pixels,
     )
     t = torch.from_numpy(np.ascontiguousarray(arr))
     t = t[None] if t.ndim == 2 else t.permute(2, 0, 1).contiguous()

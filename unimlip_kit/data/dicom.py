@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from unimlip_kit.data.window import apply_window, resolve_window
+from unimlip_kit.data.window import apply_window, minmax_unit, resolve_window
 from unimlip_kit.utils.optional import require
 
 __all__ = ["dicom_to_unit", "read_dicom_hu"]
@@ -80,8 +80,7 @@ def dicom_to_unit(
         c, w = _first(ds.get("WindowCenter", None)), _first(ds.get("WindowWidth", None))
         win = (c, w) if c is not None and w is not None and w >= 1 else None
     if win is None:
-        lo, hi = float(hu.min()), float(hu.max())
-        out = ((hu - lo) / (hi - lo) if hi > lo else np.zeros_like(hu)).astype(np.float32)
+        out = minmax_unit(hu)  # float pixel data may hold NaN: ignored by the range, filled with 0
     else:
         out = apply_window(hu, *win)
     if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":

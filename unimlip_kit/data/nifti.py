@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from unimlip_kit.data.window import apply_window, resolve_window
+from unimlip_kit.data.window import apply_window, minmax_unit, resolve_window
 from unimlip_kit.utils.optional import require
 
 __all__ = ["nifti_slice", "nifti_to_unit"]
@@ -78,6 +78,9 @@ def nifti_to_unit(
 ) -> np.ndarray:
     """A NIfTI slice as float32 (H, W) in [0, 1]: windowed if ``window`` is given, else min–max.
 
+    NaN or infinite voxels (common outside a brain mask) are ignored by the
+    min–max range and come out as 0 (see :func:`~unimlip_kit.data.window.minmax_unit`).
+
     Example:
         >>> import os, nibabel
         >>> f = os.path.join(os.path.dirname(nibabel.__file__), "tests", "data", "anatomical.nii")
@@ -88,5 +91,4 @@ def nifti_to_unit(
     win = resolve_window(window)
     if win is not None:
         return apply_window(sl, *win)
-    lo, hi = float(sl.min()), float(sl.max())
-    return np.ascontiguousarray(((sl - lo) / (hi - lo)) if hi > lo else np.zeros_like(sl)).astype(np.float32)
+    return np.ascontiguousarray(minmax_unit(sl))

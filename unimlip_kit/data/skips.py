@@ -25,6 +25,7 @@ SKIP_REASONS = (
     "missing_image",
     "corrupt_image",
     "unsupported_format",
+    "image_too_large",
     "duplicate_id",
     "bad_row",
 )

@@ -13,16 +13,16 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
-from unimlip_kit.data.decode import ImageDecodeError, read_image_array
+from unimlip_kit.data.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, read_image_array
 from unimlip_kit.data.records import ImageTextRecord
 from unimlip_kit.data.skips import SkipCounter
 
 __all__ = ["verify_records"]
 
 
-def _check(rec: ImageTextRecord) -> tuple[str, str] | None:
+def _check(rec: ImageTextRecord, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[str, str] | None:
     try:
-        read_image_array(rec.image_path)
+        read_image_array(rec.image_path, max_pixels=max_pixels)
     except ImageDecodeError as err:
         return err.reason, str(err)
     return None
@@ -34,8 +34,11 @@ def verify_records(
     *,
     num_threads: int = 4,
     progress: bool = False,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> list[ImageTextRecord]:
     """Decode every image once; return the records that decode, counting the others in ``skips``.
+
+    ``max_pixels`` should match the dataset's (images above it are ``image_too_large``).
 
     Example:
         >>> import tempfile
@@ -50,7 +53,7 @@ def verify_records(
     """
     skips = skips if skips is not None else SkipCounter()
     with ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool:
-        results = pool.map(_check, records)
+        results = pool.map(lambda r: _check(r, max_pixels), records)
         if progress:
             from tqdm.auto import tqdm
 
