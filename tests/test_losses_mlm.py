@@ -49,7 +49,8 @@ def test_statistics_on_a_large_batch():
 def test_prob_extremes(prob):
     ids, att = _batch(64, 16, 3)
     masked, labels = mask_tokens(ids, mask_token_id=MASK_ID, vocab_size=VOCAB, special_token_ids=SPECIALS,
-                                 attention_mask=att, prob=prob, generator=torch.Generator().manual_seed(0))
+                                 attention_mask=att, prob=prob, min_one_target=True,
+                                 generator=torch.Generator().manual_seed(0))
     cand = att.bool() & (ids > 4)
     per_row = (labels != -100).sum(1)
     if prob == 1.0:
@@ -67,11 +68,12 @@ def test_masking_properties(b, length, prob, seed, specials, use_mask):
     ids = torch.randint(0, vocab, (b, length), generator=g)
     att = torch.randint(0, 2, (b, length), generator=g) if use_mask else None
     original = ids.clone()
-    kw = dict(mask_token_id=7, vocab_size=vocab, special_token_ids=specials, attention_mask=att, prob=prob)
+    kw = dict(mask_token_id=7, vocab_size=vocab, special_token_ids=specials, attention_mask=att, prob=prob,
+              min_one_target=True)
     masked, labels = mask_tokens(ids, **kw, generator=torch.Generator().manual_seed(seed))
     assert torch.equal(ids, original)  # input untouched
     cand = torch.ones_like(ids, dtype=torch.bool) if att is None else att.bool()
-    cand &= ~torch.isin(ids, torch.tensor(sorted(specials) or [-1]))
+    cand &= ~torch.isin(ids, torch.tensor(sorted(specials | {7})))  # [MASK] (7) is never a candidate
     sel = labels != -100
     assert not bool((sel & ~cand).any())  # never special or padding
     assert torch.equal(labels[sel], ids[sel])
@@ -86,7 +88,7 @@ def test_masking_properties(b, length, prob, seed, specials, use_mask):
 
 def test_one_dimensional_input_and_errors():
     ids = torch.tensor([2, 10, 11, 12, 3])
-    masked, labels = mask_tokens(ids, mask_token_id=4, vocab_size=20, special_token_ids=(2, 3))
+    masked, labels = mask_tokens(ids, mask_token_id=4, vocab_size=20, special_token_ids=(2, 3), min_one_target=True)
     assert masked.shape == labels.shape == (5,) and int((labels != -100).sum()) >= 1
     with pytest.raises(ValueError, match="integer tensor"):
         mask_tokens(ids.float(), mask_token_id=4, vocab_size=20)

@@ -31,7 +31,7 @@ def batch():
 def test_masking_real_captions(batch):
     tok, ids, att = batch
     masked, labels = mask_tokens(ids, mask_token_id=tok.mask_token_id, vocab_size=len(tok),
-                                 special_token_ids=tok.all_special_ids, attention_mask=att,
+                                 special_token_ids=tok.all_special_ids, attention_mask=att, min_one_target=True,
                                  generator=torch.Generator().manual_seed(0))
     sel = labels != -100
     special = torch.isin(ids, torch.tensor(tok.all_special_ids))

@@ -23,6 +23,7 @@ from unimlip_kit.losses.mlm import (
     mask_tokens,
     masked_language_modeling_loss,
 )
+from unimlip_kit.losses.mlm_collator import ImageTextMLMCollator
 from unimlip_kit.losses.ntxent import NTXentLoss, nt_xent_loss
 from unimlip_kit.losses.simcse import SimCSELoss, simcse_loss
 from unimlip_kit.losses.simsiam import SimSiamLoss, simsiam_loss
@@ -43,6 +44,7 @@ __all__ = [
     "IGNORE_INDEX",
     "ITMPairs",
     "ImageTextContrastiveLoss",
+    "ImageTextMLMCollator",
     "ImageTextMatchingLoss",
     "KeptTokens",
     "LogitScale",

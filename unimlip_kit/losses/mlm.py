@@ -8,7 +8,7 @@ scores only the selected positions.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -24,40 +24,73 @@ def _rand(shape: torch.Size, device: torch.device, generator: torch.Generator | 
     return torch.rand(shape, device=device, generator=generator)
 
 
+def _tokenizer_defaults(tokenizer: Any) -> tuple[int | None, int, set[int]]:
+    """``(mask_token_id, vocab_size, special ids incl. [PAD])`` of a Hugging Face tokenizer."""
+    specials = {int(i) for i in getattr(tokenizer, "all_special_ids", ()) if i is not None}
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if pad is not None:
+        specials.add(int(pad))
+    mask = getattr(tokenizer, "mask_token_id", None)
+    return (None if mask is None else int(mask)), len(tokenizer), specials
+
+
 def mask_tokens(
     input_ids: torch.Tensor,
     *,
-    mask_token_id: int,
-    vocab_size: int,
-    special_token_ids: Iterable[int] = (),
+    mask_token_id: int | None = None,
+    vocab_size: int | None = None,
+    special_token_ids: Iterable[int] | None = None,
     attention_mask: torch.Tensor | None = None,
+    special_tokens_mask: torch.Tensor | None = None,
+    tokenizer: Any = None,
     prob: float = 0.15,
+    mask_replace_prob: float = 0.8,
+    random_replace_prob: float = 0.1,
+    min_one_target: bool = False,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""BERT's masking rule; returns ``(masked_ids, labels)``.
+    r"""BERT's masking rule (Devlin et al. 2019), safe by default; returns ``(masked_ids, labels)``.
 
     1. Candidates are the tokens with ``attention_mask == 1`` (all tokens if
-       ``None``) whose id is not in ``special_token_ids`` ([CLS], [SEP], [PAD], ...).
-    2. Each candidate is selected independently with probability ``prob``;
-       a sequence with candidates but no selection gets one candidate chosen
-       uniformly, so every non-empty sequence has a target.
-    3. Of the selected tokens 80% become ``mask_token_id``, 10% a random token
-       drawn uniformly from ``[0, vocab_size)`` minus the special ids, 10% stay.
+       ``None``), ``special_tokens_mask == 0`` (Hugging Face's convention: 1 marks
+       [CLS], [SEP], [PAD], ...; ``tokenizer(..., return_special_tokens_mask=True)``)
+       and an id outside ``special_token_ids`` and other than ``mask_token_id``.
+       Which tokens are special must be stated: pass ``special_token_ids``,
+       ``special_tokens_mask`` or ``tokenizer`` (whose ``all_special_ids`` and
+       pad id are used, as ``DataCollatorForLanguageModeling`` does), or
+       ``special_token_ids=()`` to allow every attended token. With none of
+       them the call raises instead of masking [PAD], [CLS] and [SEP].
+    2. Each candidate is selected independently with probability ``prob``
+       (BERT's rate on every caption length, like Hugging Face's collator).
+       ``min_one_target=True`` additionally gives a sequence that has
+       candidates but no selection one candidate chosen uniformly (every
+       non-empty caption then has a target, at the price of a higher rate on
+       short captions).
+    3. Of the selected tokens a fraction ``mask_replace_prob`` (0.8) becomes
+       ``mask_token_id``, ``random_replace_prob`` (0.1) a random token drawn
+       uniformly from ``[0, vocab_size)`` minus the special ids, the rest stay.
 
-    ``labels`` holds the original id at selected positions and
-    ``IGNORE_INDEX`` (−100) elsewhere. Inputs are not modified. Random draws
-    use ``generator`` (on ``input_ids``' device) — same generator state, same
-    masks. Shapes (B, L) or (L,).
+    ``tokenizer`` also supplies ``mask_token_id`` and ``vocab_size`` (``len(tokenizer)``)
+    when they are not given. ``labels`` holds the original id at selected
+    positions and ``IGNORE_INDEX`` (−100) elsewhere. Inputs are not modified.
+    Random draws use ``generator`` (on ``input_ids``' device) — same generator
+    state, same masks, whatever ``min_one_target`` is (the forced targets are
+    the only difference). Shapes (B, L) or (L,).
 
     Example:
         >>> ids = torch.tensor([[101, 7, 8, 9, 102, 0]])
         >>> g = torch.Generator().manual_seed(0)
         >>> masked, labels = mask_tokens(ids, mask_token_id=103, vocab_size=200,
-        ...     special_token_ids=(0, 101, 102), attention_mask=torch.tensor([[1, 1, 1, 1, 1, 0]]), generator=g)
+        ...     special_token_ids=(0, 101, 102), attention_mask=torch.tensor([[1, 1, 1, 1, 1, 0]]),
+        ...     min_one_target=True, generator=g)
         >>> bool((labels[:, [0, 4, 5]] == -100).all()), int((labels != -100).sum()) >= 1
         (True, True)
         >>> bool(torch.equal(masked[labels == -100], ids[labels == -100]))
         True
+        >>> mask_tokens(ids, mask_token_id=103, vocab_size=200)
+        Traceback (most recent call last):
+        ...
+        ValueError: mask_tokens needs to know the special tokens, or it would mask [PAD], [CLS] and [SEP]: ...
     """
     if not isinstance(input_ids, torch.Tensor) or input_ids.is_floating_point() or input_ids.dtype == torch.bool:
         raise ValueError(f"input_ids must be an integer tensor, got {getattr(input_ids, 'dtype', type(input_ids).__name__)}")
@@ -65,31 +98,58 @@ def mask_tokens(
         raise ValueError(f"input_ids must be (B, L) or (L,), got shape {tuple(input_ids.shape)}")
     if not 0.0 <= float(prob) <= 1.0:
         raise ValueError(f"prob must be in [0, 1], got {prob}")
+    mask_p, rand_p = float(mask_replace_prob), float(random_replace_prob)
+    if not (0.0 <= mask_p <= 1.0 and 0.0 <= rand_p <= 1.0 and mask_p + rand_p <= 1.0 + 1e-12):
+        raise ValueError(
+            f"mask_replace_prob={mask_replace_prob} and random_replace_prob={random_replace_prob} must lie in [0, 1] "
+            "and sum to at most 1"
+        )
+    specials_set: set[int] = set()
+    if tokenizer is not None:
+        tok_mask, tok_vocab, tok_specials = _tokenizer_defaults(tokenizer)
+        mask_token_id = tok_mask if mask_token_id is None else mask_token_id
+        vocab_size = tok_vocab if vocab_size is None else vocab_size
+        specials_set |= tok_specials
+    if mask_token_id is None or vocab_size is None:
+        raise ValueError("mask_tokens needs mask_token_id and vocab_size (or tokenizer= with a [MASK] token)")
     vocab_size = int(vocab_size)
-    specials = sorted({int(s) for s in special_token_ids})
+    specials_set |= {int(s) for s in (special_token_ids or ())}
+    if special_tokens_mask is not None and tuple(special_tokens_mask.shape) == tuple(input_ids.shape):
+        # the ids marked special in this batch are special ids too (never drawn as random replacements)
+        specials_set |= {int(v) for v in input_ids[special_tokens_mask.to(input_ids.device).bool()].unique().tolist()}
+    specials_set.add(int(mask_token_id))
+    specials = sorted(specials_set)
     if vocab_size <= len([s for s in specials if 0 <= s < vocab_size]):
         raise ValueError(f"vocab_size={vocab_size} leaves no non-special token to draw random replacements from")
     if not 0 <= int(mask_token_id) < vocab_size:
         raise ValueError(f"mask_token_id={mask_token_id} must lie in [0, vocab_size={vocab_size})")
-    if attention_mask is not None and attention_mask.shape != input_ids.shape:
-        raise ValueError(f"attention_mask must match input_ids {tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}")
+    for name, m in (("attention_mask", attention_mask), ("special_tokens_mask", special_tokens_mask)):
+        if m is not None and tuple(m.shape) != tuple(input_ids.shape):
+            raise ValueError(f"{name} must match input_ids {tuple(input_ids.shape)}, got {tuple(m.shape)}")
+    if special_token_ids is None and special_tokens_mask is None and tokenizer is None:
+        raise ValueError(
+            "mask_tokens needs to know the special tokens, or it would mask [PAD], [CLS] and [SEP]: pass "
+            "special_token_ids=tokenizer.all_special_ids, special_tokens_mask= (tokenizer(..., "
+            "return_special_tokens_mask=True)) or tokenizer=; special_token_ids=() allows every attended token"
+        )
     squeeze = input_ids.ndim == 1
     ids = input_ids.unsqueeze(0) if squeeze else input_ids
     dev = ids.device
     cand = torch.ones_like(ids, dtype=torch.bool) if attention_mask is None else attention_mask.reshape(ids.shape).to(dev).bool()
-    if specials:
-        cand &= ~torch.isin(ids, torch.tensor(specials, device=dev, dtype=ids.dtype))
+    if special_tokens_mask is not None:
+        cand &= ~special_tokens_mask.reshape(ids.shape).to(dev).bool()
+    cand &= ~torch.isin(ids, torch.tensor(specials, device=dev, dtype=ids.dtype))
 
     selected = (_rand(ids.shape, dev, generator) < float(prob)) & cand
-    # At least one target per non-empty sequence: pick a uniform candidate where none was drawn.
-    needs = cand.any(dim=1) & ~selected.any(dim=1)
+    # Drawn in every case so the stream (and every other position) does not depend on the option.
     score = _rand(ids.shape, dev, generator).masked_fill(~cand, -1.0)
-    forced = F.one_hot(score.argmax(dim=1), ids.shape[1]).bool() & needs[:, None]
-    selected |= forced
+    if min_one_target:  # a uniform candidate where a non-empty sequence drew none
+        needs = cand.any(dim=1) & ~selected.any(dim=1)
+        selected |= F.one_hot(score.argmax(dim=1), ids.shape[1]).bool() & needs[:, None]
 
     u = _rand(ids.shape, dev, generator)
-    to_mask = selected & (u < 0.8)
-    to_random = selected & (u >= 0.8) & (u < 0.9)
+    to_mask = selected & (u < mask_p)
+    to_random = selected & (u >= mask_p) & (u < mask_p + rand_p)
     allowed = torch.ones(vocab_size, dtype=torch.bool, device=dev)
     in_range = [s for s in specials if 0 <= s < vocab_size]
     if in_range:
