@@ -260,6 +260,13 @@ def _ensure_builtin() -> None:
         reasons=_triton_kernel_reasons("unimlip_kit.kernels.infonce", "the Triton InfoNCE kernel"),
         loader=_lazy("unimlip_kit.kernels.infonce", "contrastive_lse_triton"))
 
+    # SigLIP's pairwise sigmoid loss: the oracle materialises L; the tiled Function is O(N·D). No Triton kernel
+    # (the InfoNCE kernel's online-LSE/spin-lock structure does not carry over; see docs/ARCHITECTURE.md).
+    reg("sigmoid_pair_loss", "reference", priority=0, reasons=_floating,
+        loader=_lazy("unimlip_kit.ops.siglip", "sigmoid_pair_loss_reference"), auto_devices=())
+    reg("sigmoid_pair_loss", "tiled", priority=10, reasons=_floating,
+        loader=_lazy("unimlip_kit.ops.siglip", "sigmoid_pair_loss_tiled"))
+
     reg("hard_negatives", "reference", priority=0, reasons=_floating,
         loader=_lazy("unimlip_kit.ops.hard_negatives", "sample_hard_negatives_reference"))
     # Gumbel-max over tiles: same distribution as the reference, O(N·D) memory

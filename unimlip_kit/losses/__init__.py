@@ -16,7 +16,8 @@ from unimlip_kit.losses.itm import (
     image_text_matching_loss,
     sample_itm_pairs,
 )
-from unimlip_kit.losses.logit_scale import LogitScale
+from unimlip_kit.losses.logit_scale import LogitBias, LogitScale
+from unimlip_kit.losses.memory_bank import MemoryBank, MemoryBankNTXentLoss, memory_bank_nt_xent_loss
 from unimlip_kit.losses.mlm import (
     IGNORE_INDEX,
     MaskedLanguageModelingLoss,
@@ -25,6 +26,7 @@ from unimlip_kit.losses.mlm import (
 )
 from unimlip_kit.losses.mlm_collator import ImageTextMLMCollator
 from unimlip_kit.losses.ntxent import NTXentLoss, nt_xent_loss
+from unimlip_kit.losses.siglip import SigLIPLoss, siglip_loss
 from unimlip_kit.losses.simcse import SimCSELoss, simcse_loss
 from unimlip_kit.losses.simsiam import SimSiamLoss, simsiam_loss
 from unimlip_kit.losses.unimlip import (
@@ -47,10 +49,14 @@ __all__ = [
     "ImageTextMLMCollator",
     "ImageTextMatchingLoss",
     "KeptTokens",
+    "LogitBias",
     "LogitScale",
     "MaskedLanguageModelingLoss",
+    "MemoryBank",
+    "MemoryBankNTXentLoss",
     "MissingLossInputsError",
     "NTXentLoss",
+    "SigLIPLoss",
     "SimCSELoss",
     "SimSiamLoss",
     "TERM_KEYS",
@@ -66,10 +72,12 @@ __all__ = [
     "info_nce",
     "mask_tokens",
     "masked_language_modeling_loss",
+    "memory_bank_nt_xent_loss",
     "nt_xent_loss",
     "random_token_keep",
     "sample_hard_negatives",
     "sample_itm_pairs",
+    "siglip_loss",
     "simcse_loss",
     "simsiam_loss",
 ]

@@ -1,4 +1,4 @@
-"""CLIP's learnable temperature, log-parameterised and clamped (Radford et al. 2021, arXiv 2103.00020)."""
+"""CLIP's learnable temperature, log-parameterised and clamped (Radford et al. 2021, arXiv 2103.00020), and SigLIP's logit bias."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["LogitScale"]
+__all__ = ["LogitBias", "LogitScale"]
 
 
 class LogitScale(nn.Module):
@@ -44,3 +44,34 @@ class LogitScale(nn.Module):
 
     def extra_repr(self) -> str:
         return f"value={float(self().detach()):.4g}, max_scale={self.max_scale}"
+
+
+class LogitBias(nn.Module):
+    r"""A learnable additive logit bias :math:`b` for SigLIP's sigmoid loss, initialised to ``init`` (SigLIP: −10).
+
+    With :math:`N - 1` negatives per positive, a strongly negative start keeps the
+    pairwise classifiers near the prior (almost every pair is a negative), so the
+    first steps need no large correction (Zhai et al. 2023, arXiv 2303.15343, §3.2).
+
+    Example:
+        >>> bias = LogitBias()
+        >>> float(bias().detach()), bias().requires_grad
+        (-10.0, True)
+    """
+
+    def __init__(self, init: float = -10.0, learnable: bool = True) -> None:
+        super().__init__()
+        value = float(init)
+        if value != value or abs(value) == float("inf"):
+            raise ValueError(f"init must be finite, got {init}")
+        t = torch.tensor(value, dtype=torch.float32)
+        if learnable:
+            self.bias = nn.Parameter(t)
+        else:
+            self.register_buffer("bias", t)
+
+    def forward(self) -> torch.Tensor:
+        return self.bias
+
+    def extra_repr(self) -> str:
+        return f"value={float(self.bias.detach()):.4g}"

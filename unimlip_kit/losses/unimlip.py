@@ -22,6 +22,7 @@ from unimlip_kit.losses.itc import image_text_contrastive_loss
 from unimlip_kit.losses.itm import image_text_matching_loss
 from unimlip_kit.losses.mlm import masked_language_modeling_loss
 from unimlip_kit.losses.ntxent import nt_xent_loss
+from unimlip_kit.losses.siglip import siglip_loss
 from unimlip_kit.losses.simcse import simcse_loss
 from unimlip_kit.losses.simsiam import simsiam_loss
 from unimlip_kit.utils.checks import check_positive
@@ -38,10 +39,13 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     "mlm": 1.0,
 }
 
-#: The model-output keys each term reads (``image_ssl`` depends on ``image_ssl=``).
+#: The model-output keys each term reads (``image_ssl`` depends on ``image_ssl=``, the ITC terms on
+#: ``itc_loss=``: the sigmoid loss also reads the learnable ``logit_bias``).
 TERM_KEYS: dict[str, tuple[str, ...]] = {
     "itc": ("image_emb", "text_emb", "logit_scale"),
     "itc_feature": ("image_emb_feat", "text_emb_feat", "logit_scale"),
+    "itc/siglip": ("image_emb", "text_emb", "logit_scale", "logit_bias"),
+    "itc_feature/siglip": ("image_emb_feat", "text_emb_feat", "logit_scale", "logit_bias"),
     "image_ssl/ntxent": ("image_z1", "image_z2"),
     "image_ssl/simsiam": ("image_p1", "image_p2", "image_z1", "image_z2"),
     "text_ssl": ("text_h1", "text_h2"),
@@ -102,7 +106,8 @@ class UniMlipLoss(nn.Module):
     term            keys                                                            loss
     ==============  ==============================================================  =========================
     ``itc``         ``image_emb`` (N, D), ``text_emb`` (N, D), ``logit_scale``       CLIP symmetric InfoNCE
-                    (float or 0-dim tensor; a multiplier, not a temperature)
+                    (float or 0-dim tensor; a multiplier, not a temperature);        (``itc_loss="infonce"``) or
+                    with ``itc_loss="siglip"`` also ``logit_bias`` (0-dim)           SigLIP sigmoid loss
     ``itc_feature`` ``image_emb_feat`` (N, D), ``text_emb_feat`` (N, D),             same, on feature-level views
                     ``logit_scale``                                                 (token keep/dropout)
     ``image_ssl``   ntxent: ``image_z1``, ``image_z2`` (N, D)                        NT-Xent, ``image_temperature``
@@ -127,7 +132,9 @@ class UniMlipLoss(nn.Module):
         image_ssl: ``"ntxent"`` or ``"simsiam"``.
         image_temperature: NT-Xent temperature (SimCLR: 0.1).
         text_temperature: SimCSE temperature (SimCSE: 0.05).
-        label_smoothing: for both ITC terms.
+        label_smoothing: for both ITC terms (InfoNCE only).
+        itc_loss: ``"infonce"`` (CLIP) or ``"siglip"`` (sigmoid loss with the model's
+            ``logit_bias``, :func:`unimlip_kit.losses.siglip_loss`) for ``itc`` and ``itc_feature``.
 
     Example:
         >>> _ = torch.manual_seed(0); n, d = 4, 8
@@ -158,6 +165,7 @@ class UniMlipLoss(nn.Module):
         label_smoothing: float = 0.0,
         gather_distributed: bool = True,
         backend: str | None = None,
+        itc_loss: str = "infonce",
     ) -> None:
         super().__init__()
         merged = dict(DEFAULT_WEIGHTS)
@@ -172,6 +180,11 @@ class UniMlipLoss(nn.Module):
             raise ValueError(f"image_ssl must be 'ntxent' or 'simsiam', got {image_ssl!r}")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        if itc_loss not in ("infonce", "siglip"):
+            raise ValueError(f"itc_loss must be 'infonce' or 'siglip', got {itc_loss!r}")
+        if itc_loss == "siglip" and label_smoothing:
+            raise ValueError("label_smoothing applies to the InfoNCE ITC only, not to itc_loss='siglip'")
+        self.itc_loss = itc_loss
         self.weights = merged
         self.image_ssl = image_ssl
         self.image_temperature = check_positive(image_temperature, "image_temperature")
@@ -187,9 +200,13 @@ class UniMlipLoss(nn.Module):
         Example:
             >>> UniMlipLoss(image_ssl="simsiam").term_keys("image_ssl")
             ('image_p1', 'image_p2', 'image_z1', 'image_z2')
+            >>> UniMlipLoss(itc_loss="siglip").term_keys("itc")
+            ('image_emb', 'text_emb', 'logit_scale', 'logit_bias')
         """
         if term == "image_ssl":
             return TERM_KEYS[f"image_ssl/{self.image_ssl}"]
+        if term in ("itc", "itc_feature") and self.itc_loss == "siglip":
+            return TERM_KEYS[f"{term}/siglip"]
         if term not in DEFAULT_WEIGHTS:
             raise ValueError(f"unknown UniMlipLoss term {term!r}; terms are {list(DEFAULT_WEIGHTS)}")
         return TERM_KEYS[term]
@@ -223,17 +240,21 @@ class UniMlipLoss(nn.Module):
             )
 
     # -- terms (small overridable steps) ------------------------------------------------------
-    def _itc(self, img: torch.Tensor, txt: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+    def _itc(
+        self, img: torch.Tensor, txt: torch.Tensor, scale: float | torch.Tensor, bias: Any = None
+    ) -> torch.Tensor:
+        if self.itc_loss == "siglip":
+            return siglip_loss(img, txt, scale, bias, gather_distributed=self.gather_distributed, backend=self.backend)
         return image_text_contrastive_loss(
             img, txt, scale, label_smoothing=self.label_smoothing,
             gather_distributed=self.gather_distributed, backend=self.backend,
         )
 
     def loss_itc(self, o: Mapping[str, Any]) -> torch.Tensor:
-        return self._itc(o["image_emb"], o["text_emb"], o["logit_scale"])
+        return self._itc(o["image_emb"], o["text_emb"], o["logit_scale"], o.get("logit_bias"))
 
     def loss_itc_feature(self, o: Mapping[str, Any]) -> torch.Tensor:
-        return self._itc(o["image_emb_feat"], o["text_emb_feat"], o["logit_scale"])
+        return self._itc(o["image_emb_feat"], o["text_emb_feat"], o["logit_scale"], o.get("logit_bias"))
 
     def loss_image_ssl(self, o: Mapping[str, Any]) -> torch.Tensor:
         if self.image_ssl == "simsiam":
@@ -273,4 +294,4 @@ class UniMlipLoss(nn.Module):
 
     def extra_repr(self) -> str:
         w = ", ".join(f"{k}={v:g}" for k, v in self.weights.items())
-        return f"weights=({w}), image_ssl={self.image_ssl!r}, backend={self.backend!r}"
+        return f"weights=({w}), image_ssl={self.image_ssl!r}, itc_loss={self.itc_loss!r}, backend={self.backend!r}"

@@ -130,17 +130,36 @@ class _TiledLSE(torch.autograd.Function):
                     G.zero_()
                 if g_pos is not None:
                     # dL[i, p(i)] / d(pos_i) = 1: add g_pos on the (wrapped) shifted diagonal of this tile
-                    for d in (i0 + offset - j0, i0 + offset - n - j0):
-                        diag = G.diagonal(d)
-                        if diag.numel():
-                            r0 = i0 + max(0, -d)
-                            diag.add_(g_pos[r0 : r0 + diag.numel()])
+                    for diag, r0 in positive_diagonals(G, i0, j0, offset, n):
+                        diag.add_(g_pos[r0 : r0 + diag.numel()])
                 g_a[i0:i1].addmm_(G, b_acc[j0:j1])
                 g_b[j0:j1].addmm_(G.T, a_blk)
         grad_scale = torch.vdot(g_a.flatten(), a_acc.flatten()).to(scale.dtype) if ctx.needs_input_grad[2] else None
         grad_a = g_a.mul_(s).to(a.dtype) if ctx.needs_input_grad[0] else None
         grad_b = g_b.mul_(s).to(b.dtype) if ctx.needs_input_grad[1] else None
         return grad_a, grad_b, grad_scale, None, None, None, None, None
+
+
+def positive_diagonals(tile: torch.Tensor, i0: int, j0: int, offset: int, n: int) -> list[tuple[torch.Tensor, int]]:
+    """The entries of ``tile`` (rows from ``i0``, columns from ``j0`` of an M×N matrix) at ``(i, (i + offset) mod N)``.
+
+    Returns ``(diagonal view, first global row)`` pairs: the shifted diagonal and its
+    wrapped continuation (needs M ≤ N and 0 ≤ offset < N, so a row wraps at most once).
+    Writing into a view writes into ``tile``.
+
+    Example:
+        >>> t = torch.zeros(2, 3)
+        >>> for diag, r0 in positive_diagonals(t, 2, 0, 1, 4):  # rows 2-3, columns 0-2 of a 4×4
+        ...     _ = diag.fill_(1)
+        >>> t.tolist()  # row 2 -> column 3 (not in this tile), row 3 -> column 0
+        [[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]
+    """
+    out = []
+    for d in (i0 + offset - j0, i0 + offset - n - j0):
+        diag = tile.diagonal(d)
+        if diag.numel():
+            out.append((diag, i0 + max(0, -d)))
+    return out
 
 
 def positive_rows(b: torch.Tensor, m: int, offset: int) -> torch.Tensor:
