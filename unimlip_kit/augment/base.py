@@ -110,6 +110,8 @@ class RangeIntensityAugmentation(SeededMixin, IntensityAugmentationBase2D):
         flags: Dict[str, Any],
         transform: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
+        if input.numel() == 0:  # an empty batch has nothing to transform (kornia's ops reject empty tensors)
+            return input.clone()
         rows = self._applied_rows(input, params)
         if rows is None:
             return self._apply_range(input, params, flags)

@@ -4,7 +4,10 @@ kornia's :func:`kornia.enhance.equalize_clahe` takes one clip limit for the
 batch; we run it once on the batch and draw a per-sample strength
 ``a ~ U(strength)``: ``u' = u + a * (clahe(u) - u)``. ``a = 1`` is full CLAHE.
 Each channel is equalised independently, so use it on grey images (or RGB
-copies of grey images, whose channels stay equal).
+copies of grey images, whose channels stay equal). An image with fewer than
+``grid + 1`` pixels along a side uses that many tiles fewer (kornia needs each tile
+to hold at least two pixels); an image one pixel high or wide has no tile to
+equalise and is returned unchanged.
 """
 
 from __future__ import annotations
@@ -51,5 +54,9 @@ class RandomCLAHE(RangeIntensityAugmentation):
         self._param_generator = PlainUniformGenerator(((a0, a1), "strength", None, None))
 
     def apply_unit(self, unit: torch.Tensor, params: Dict[str, torch.Tensor], flags: Dict[str, Any]) -> torch.Tensor:
-        eq = equalize_clahe(unit.clamp(0.0, 1.0), clip_limit=flags["clip_limit"], grid_size=flags["grid"])
+        h, w = unit.shape[-2:]
+        if h < 2 or w < 2:
+            return unit.clone()
+        grid = (min(flags["grid"][0], h - 1), min(flags["grid"][1], w - 1))
+        eq = equalize_clahe(unit.clamp(0.0, 1.0), clip_limit=flags["clip_limit"], grid_size=grid)
         return unit + per_sample(params["strength"], unit) * (eq - unit)

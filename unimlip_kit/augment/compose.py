@@ -101,6 +101,16 @@ class MedicalCompose(nn.Module):
         if not images.is_floating_point():
             return to_float(images, self.value_range)
         if images.numel():
+            # NaN compares false with every bound, so it would pass the range check below and spread through
+            # every transform (or fail inside CLAHE): reject it here, naming the problem and the fix.
+            nonfinite = ~torch.isfinite(images)
+            if bool(nonfinite.any()):
+                rows = nonfinite.flatten(1).any(1).nonzero().flatten().tolist()
+                raise ValueError(
+                    f"images contain {int(nonfinite.sum())} NaN or infinite values (samples {rows[:8]}"
+                    f"{' ...' if len(rows) > 8 else ''}; shape {tuple(images.shape)}); "
+                    f"replace them first, e.g. torch.nan_to_num(images, nan={lo:g})"
+                )
             mn, mx = torch.aminmax(images)
             tol = 1e-4 * (hi - lo)
             if float(mn) < lo - tol or float(mx) > hi + tol:
@@ -173,11 +183,17 @@ class TwoViews(nn.Module):
 
     def __init__(self, view: nn.Module, view2: Optional[nn.Module] = None) -> None:
         super().__init__()
+        for name, v in (("view", view), ("view2", view2)):
+            if v is not None and not callable(v):
+                raise TypeError(f"{name} must be a callable augmentation (e.g. preset(...)), got {type(v).__name__}")
         self.view1 = view
         self.view2 = view2
         self._params: Tuple[Any, Any] = (None, None)
 
     def forward(self, images: torch.Tensor, params: Optional[Tuple[Any, Any]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        if params is not None and (isinstance(params, (str, bytes, dict)) or not hasattr(params, "__len__") or len(params) != 2):
+            got = f"{type(params).__name__} of length {len(params)}" if hasattr(params, "__len__") else type(params).__name__
+            raise ValueError(f"params must be a pair (view1 params, view2 params) such as two._params, got a {got}")
         second = self.view2 if self.view2 is not None else self.view1
         a = self.view1(images, params=None if params is None else params[0])
         pa = self.view1._params

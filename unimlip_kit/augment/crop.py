@@ -96,15 +96,17 @@ class ConservativeResizedCrop(SeededMixin, GeometricAugmentationBase2D):
         dev, dt = input.device, input.dtype
         s = params["scale"].to(dev, torch.float64)
         r = params["log_ratio"].to(dev, torch.float64).exp()
-        cw = (w * torch.sqrt(s * r)).clamp(2.0, w)
-        ch = (h * torch.sqrt(s / r)).clamp(2.0, h)
+        cw = (w * torch.sqrt(s * r)).clamp(min(2.0, w), w)
+        ch = (h * torch.sqrt(s / r)).clamp(min(2.0, h), h)
         x0 = params["tx"].to(dev, torch.float64) * (w - cw)
         y0 = params["ty"].to(dev, torch.float64) * (h - ch)
-        sx = (ow - 1) / (cw - 1) if ow > 1 else torch.zeros_like(cw)
-        sy = (oh - 1) / (ch - 1) if oh > 1 else torch.zeros_like(ch)
         m = torch.zeros(input.shape[0], 3, 3, device=dev, dtype=torch.float64)
-        m[:, 0, 0], m[:, 0, 2] = sx, -sx * x0
-        m[:, 1, 1], m[:, 1, 2] = sy, -sy * y0
+        for row, (src, out, c, o0) in enumerate(((w, ow, cw, x0), (h, oh, ch, y0))):
+            if src > 1 and out > 1:  # crop [o0, o0 + c - 1] -> [0, out - 1] (align_corners pixel centres)
+                scale = (out - 1) / (c - 1)
+                m[:, row, row], m[:, row, 2] = scale, -scale * o0
+            else:  # a 1-pixel side (in or out): no scaling, the crop's centre goes to the output's centre
+                m[:, row, row], m[:, row, 2] = 1.0, (out - 1) / 2 - (o0 + (c - 1) / 2)
         m[:, 2, 2] = 1.0
         return m.to(dt)
 

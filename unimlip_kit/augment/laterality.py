@@ -14,6 +14,19 @@ levo-/dextro- pairs used in radiology (levoscoliosis, dextrocardia, ...).
 The swap is lexical: "right-to-left shunt" becomes "left-to-right shunt", which
 describes the mirrored anatomy, not the physiology; captions where that matters
 should use ``mode="forbid"``.
+
+Asymmetric structures. "Left ventricle", "right atrium", "right coronary artery",
+"left anterior descending", "left bundle branch", "right heart" name the heart's
+parts by their form, not by the side they lie on: a mirrored heart does not turn
+the left ventricle into the right one, so swapping the word would make the caption
+false. :func:`find_asymmetric_structures` finds these phrases and
+:class:`~unimlip_kit.augment.LateralityAwareFlip` (``mode="swap"``) **does not flip
+a sample whose caption names one** (policy: forbid the flip for that sample, rather
+than swap the other words and keep these; a brain "left ventricle" or an unusual
+phrasing then costs one un-flipped sample, never a false caption).
+:func:`swap_laterality` itself stays purely lexical. Sides of the body, paired
+organs and vessels ("left lung", "right kidney", "left pulmonary artery", "left
+lateral ventricle"), "leftward" and the levo-/dextro- words keep swapping.
 """
 
 from __future__ import annotations
@@ -21,7 +34,7 @@ from __future__ import annotations
 import re
 from typing import Dict, List
 
-__all__ = ["LATERALITY_PAIRS", "find_laterality_words", "swap_laterality"]
+__all__ = ["ASYMMETRIC_STRUCTURES", "LATERALITY_PAIRS", "find_asymmetric_structures", "find_laterality_words", "swap_laterality"]
 
 #: Symmetric word pairs swapped by a horizontal flip (lower case).
 LATERALITY_PAIRS: Dict[str, str] = {}
@@ -45,8 +58,42 @@ _PATTERN = re.compile(
 )
 
 
+#: Structures named by form, not side (lower case, after "left"/"right" and an optional "-sided"): the heart's
+#: chambers, vessels and conduction system, and the liver's lobes and vessels (one unpaired organ each).
+ASYMMETRIC_STRUCTURES = (
+    "ventricle", "ventricles", "ventricular", "ventriculography", "ventriculogram", "atrium", "atria", "atrial",
+    "auricle", "auricular",
+    "heart", "coronary", "main coronary", "anterior descending", "circumflex", "bundle branch",
+    "sinus of valsalva", "hepatic", "portal", "liver lobe", "lobe liver", "lobe of liver", "lobe of the liver",
+)
+# "left main" alone is the left main coronary artery; "left main bronchus"/"main pulmonary artery" are not.
+_ASYM = re.compile(
+    r"\b(?:(?:left|right)(?:[\s-]+sided)?[\s-]+(?:"
+    + "|".join(sorted((re.escape(w).replace(r"\ ", r"[\s-]+") for w in ASYMMETRIC_STRUCTURES), key=len, reverse=True))
+    + r")|left[\s-]+main(?![\s-]+(?:stem[\s-]+)?(?:bronch\w*|pulmonary)))\b",
+    re.IGNORECASE,
+)
+
+
+def find_asymmetric_structures(text: str) -> List[str]:
+    """Phrases naming a heart or liver structure by its form ("left ventricle", "right coronary"), lower-cased.
+
+    A horizontal flip must not swap these (see the module docstring); "left lateral
+    ventricle" (the brain's paired ventricles), "left main bronchus" and "left lung" are not listed.
+
+    Example:
+        >>> find_asymmetric_structures("Dilated Left Ventricle, right-sided heart failure; left lateral ventricle normal")
+        ['left ventricle', 'right-sided heart']
+        >>> find_asymmetric_structures("left main disease; left main bronchus; right lobe of the liver")
+        ['left main', 'right lobe of the liver']
+    """
+    return [" ".join(m.group(0).lower().split()) for m in _ASYM.finditer(text)]
+
+
 def _swap_word(word: str) -> str:
-    target = LATERALITY_PAIRS[word.lower()]
+    target = LATERALITY_PAIRS.get(word.lower())
+    if target is None:  # a case-fold look-alike matched by IGNORECASE ("rıght", "RİGHT"): not a laterality word
+        return word
     if word.islower():
         return target
     if word.isupper():
@@ -75,4 +122,4 @@ def find_laterality_words(text: str) -> List[str]:
         >>> find_laterality_words("Right upper lobe and left-sided effusion, bright")
         ['right', 'left']
     """
-    return [m.group(0).lower() for m in _PATTERN.finditer(text)]
+    return [w for w in (m.group(0).lower() for m in _PATTERN.finditer(text)) if w in LATERALITY_PAIRS]

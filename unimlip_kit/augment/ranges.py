@@ -43,7 +43,9 @@ def as_value_range(value_range: Sequence[float], name: str = "value_range") -> V
 
 
 def check_images(images: torch.Tensor, name: str = "images", channels: Sequence[int] = (1, 3)) -> None:
-    """Raise unless ``images`` is a (B, C, H, W) tensor with C in ``channels`` (grey or RGB).
+    """Raise unless ``images`` is a (B, C, H, W) tensor with C in ``channels`` (grey or RGB), H, W >= 1.
+
+    An empty batch (B = 0) is valid: transforms return it unchanged.
 
     Example:
         >>> check_images(torch.zeros(2, 1, 4, 4))
@@ -59,6 +61,8 @@ def check_images(images: torch.Tensor, name: str = "images", channels: Sequence[
     if images.shape[1] not in tuple(channels):
         want = " or ".join(f"{c} ({'grey' if c == 1 else 'RGB'})" for c in channels)
         raise ValueError(f"{name} must have {want} channels in dim 1, got shape {tuple(images.shape)}")
+    if images.shape[2] == 0 or images.shape[3] == 0:
+        raise ValueError(f"{name} has an empty spatial dimension: shape {tuple(images.shape)} (H and W must be >= 1)")
     if images.dtype not in INTEGER_MAX and not images.is_floating_point():
         raise ValueError(
             f"{name} must be floating point, uint8 or uint16, got {images.dtype} (shape {tuple(images.shape)}); "

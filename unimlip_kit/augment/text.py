@@ -208,6 +208,18 @@ class CaptionAugment:
             raise ValueError(f"ops must be a non-empty subset of {self.OPS}, got {tuple(ops)!r}")
         if not 0.0 <= alpha <= 1.0 or not 0.0 <= p <= 1.0 or max_span < 1:
             raise ValueError(f"need 0 <= alpha <= 1, 0 <= p <= 1 and max_span >= 1, got {alpha}, {p}, {max_span}")
+        if not isinstance(mask_token, str) or not mask_token.strip() or len(mask_token.split()) != 1:
+            raise ValueError(f"mask_token must be one non-empty word such as '[MASK]', got {mask_token!r}")
+        if synonyms is not None and not isinstance(synonyms, Mapping):
+            raise TypeError(f"synonyms must be a mapping word -> list of synonyms, got {type(synonyms).__name__}")
+        for k, v in (synonyms or {}).items():
+            if not isinstance(k, str):
+                raise TypeError(f"synonyms keys must be words (str), got {k!r}")
+            if isinstance(v, str) or not all(isinstance(w, str) and w.strip() for w in v):
+                raise ValueError(
+                    f"synonyms[{k!r}] must be a list of non-empty strings, got {v!r}"
+                    + (f" (a plain str would insert its letters; write [{v!r}])" if isinstance(v, str) else "")
+                )
         self.ops = tuple(ops)
         self.alpha, self.p, self.mask_token, self.max_span = float(alpha), float(p), mask_token, int(max_span)
         self.synonyms = {k.lower(): list(v) for k, v in (synonyms or {}).items()}
