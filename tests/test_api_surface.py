@@ -18,6 +18,9 @@ SURFACE = Path(__file__).with_name("api_surface.json")
 MODULES = [
     "unimlip_kit.augment",
     "unimlip_kit.backends",
+    "unimlip_kit.compat.huggingface",
+    "unimlip_kit.compat.lightly",
+    "unimlip_kit.compat.open_clip",
     "unimlip_kit.data",
     "unimlip_kit.distributed",
     "unimlip_kit.eval",

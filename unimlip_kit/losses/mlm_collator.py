@@ -11,6 +11,7 @@ dropped and counted), tokenises the captions and masks them with
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Callable, Sequence
 
 import torch
@@ -30,6 +31,23 @@ def _stream_keys() -> tuple[object, ...]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         keys += ("rank", int(torch.distributed.get_rank()))
     return keys
+
+
+def _is_tokenised(samples: Sequence[Any]) -> bool:
+    """Hugging Face examples (tokenizer outputs: dicts or ``BatchEncoding``) rather than dataset samples."""
+    return bool(samples) and all(isinstance(s, Mapping) and "input_ids" in s for s in samples)
+
+
+_TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "special_tokens_mask")
+
+
+def _stack(values: list[Any]) -> Any:
+    """Tensors of one shape are stacked, numbers become a tensor, anything else stays a list."""
+    if all(isinstance(v, torch.Tensor) for v in values) and len({tuple(v.shape) for v in values}) == 1:
+        return torch.stack(values)
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return torch.tensor(values)
+    return values
 
 
 class ImageTextMLMCollator:
@@ -137,10 +155,15 @@ class ImageTextMLMCollator:
         return g
 
     def _tokenise(self, samples: Sequence[Any]) -> dict[str, Any]:
-        if samples and all(isinstance(s, dict) and "input_ids" in s for s in samples):
-            return dict(self.tokenizer.pad(list(samples), padding=self.padding or True, max_length=self.max_length,
-                                           pad_to_multiple_of=self.pad_to_multiple_of, return_tensors="pt",
-                                           return_attention_mask=True))
+        if _is_tokenised(samples):
+            # Hugging Face examples: pad the text fields, stack the other tensor fields (pixel_values, image)
+            text = [{k: v for k, v in s.items() if k in _TEXT_KEYS} for s in samples]
+            batch = dict(self.tokenizer.pad(text, padding=self.padding or True, max_length=self.max_length,
+                                            pad_to_multiple_of=self.pad_to_multiple_of, return_tensors="pt",
+                                            return_attention_mask=True))
+            for key in [k for k in samples[0] if k not in _TEXT_KEYS]:
+                batch[key] = _stack([s.get(key) for s in samples])
+            return batch
         batch = dict(self.collate(samples))
         if self.caption_key not in batch:
             raise ValueError(f"the collate returned no {self.caption_key!r} key (keys: {sorted(batch)})")
