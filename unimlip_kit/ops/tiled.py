@@ -52,6 +52,8 @@ class _TiledLSE(torch.autograd.Function):
         col_sum = torch.zeros(n, dtype=acc, device=dev) if need_cols else None
         tile = torch.empty(bm, bn, dtype=acc, device=dev)
         work = torch.empty(bm, bn, dtype=acc, device=dev)
+        # the positive logits L[i, (i + k) mod N], read from the same tiles as the LSEs (bit-consistent with them)
+        pos = torch.empty(m if positive_offset is not None else 0, dtype=acc, device=dev)
         with torch.no_grad():
             for i0 in range(0, m, bm):
                 i1 = min(m, i0 + bm)
@@ -63,6 +65,9 @@ class _TiledLSE(torch.autograd.Function):
                     L = tile[: i1 - i0, : j1 - j0]
                     E = work[: i1 - i0, : j1 - j0]
                     torch.mm(a_s, b_acc[j0:j1].T, out=L)
+                    if positive_offset is not None:
+                        for diag, r0 in positive_diagonals(L, i0, j0, positive_offset, n):
+                            pos[r0 : r0 + diag.numel()] = diag
                     if exclude_diagonal:
                         L.diagonal(i0 - j0).fill_(float("-inf"))
                     # rows: online log-sum-exp across column tiles
@@ -78,10 +83,6 @@ class _TiledLSE(torch.autograd.Function):
                         col_max[j0:j1] = c_new
                 row_lse[i0:i1] = r_max + torch.log(r_sum)
             col_lse = col_max + torch.log(col_sum) if need_cols else torch.empty(0, dtype=acc, device=dev)
-            if positive_offset is None:
-                pos = torch.empty(0, dtype=acc, device=dev)
-            else:  # L[i, (i + k) mod N], the positive logits, O(M·D)
-                pos = s * torch.linalg.vecdot(a.detach().to(acc), positive_rows(b_acc, m, positive_offset))
         ctx.save_for_backward(a, b, scale, row_lse, col_lse)
         ctx.cfg = (exclude_diagonal, need_cols, bm, bn, positive_offset)
         ctx.set_materialize_grads(False)
