@@ -2,9 +2,25 @@
 
 Image paths are resolved relative to the table's folder (or ``image_root``),
 so a dataset folder can be moved as a whole. Rows with an empty caption,
-a missing image, a duplicate id or a missing column are skipped and counted.
-String labels are mapped to indices by sorted name (the name is kept in
-``meta["label_name"]``); integer labels are used as they are.
+a missing image, a duplicate id, a bad label or a malformed line are skipped and
+counted; a column name that the table's header lacks raises ``ValueError`` once.
+
+Formats, as real files are written (lines and labels: :mod:`unimlip_kit.data.textfile`):
+
+* a UTF-8 byte-order mark is dropped (Excel's "CSV UTF-8"), CRLF is a line end, a lone CR
+  inside a field is whitespace;
+* CSV (``,``) follows RFC 4180: ``"`` quotes a field (commas, quotes ``""`` and line breaks
+  inside it); an unterminated quote is one ``bad_row`` and the lines after it are read again;
+* TSV (``.tsv``/``.tab`` or ``delimiter="\t"``) has no quoting, as the TSV convention: a
+  ``"`` is an ordinary character, so a caption may start with one;
+* a row with more fields than the header (an unquoted delimiter inside a field) is rejoined
+  into the caption when the caption is the last column, else skipped as ``bad_row``;
+* with ``id_column`` set, a row without an id gets the positional id ``<file stem>:<row>``.
+
+Labels: integer indices (also ``2.0`` and ``"2"``) are used as they are, empty/``-1`` is unknown,
+other strings are class names mapped to indices by sorted name (kept in ``meta["label_name"]``),
+numbered after the largest integer label when a column mixes both; ``2.5``, ``true`` or ``-3``
+is a ``bad_row``.
 """
 
 from __future__ import annotations
@@ -13,35 +29,83 @@ import csv
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from unimlip_kit.data.modality import infer_modality
 from unimlip_kit.data.records import UNKNOWN_LABEL, ImageTextRecord
 from unimlip_kit.data.skips import SkipCounter
+from unimlip_kit.data.textfile import BadLabel, parse_label, read_text_lines
 
 __all__ = ["read_csv_pairs", "read_jsonl_pairs", "read_pairs"]
 
 
-def _rows_csv(path: Path, delimiter: str | None) -> Iterable[Mapping[str, Any]]:
+def _split_csv(lines: list[str], delim: str, source: Path, skips: SkipCounter) -> Iterator[tuple[int, list[str]]]:
+    """RFC 4180 records as (first line number, fields); an unterminated quote is a bad row, then parsing resumes."""
+    # a lone CR in an unquoted field makes the csv module stop; it is whitespace in a caption
+    text = [line.replace("\r", " ") + "\n" for line in lines]
+    start = 0
+    while start < len(text):
+        pos = [start]
+
+        def feed(k: int = start) -> Iterator[str]:
+            for j in range(k, len(text)):
+                pos[0] = j
+                yield text[j]
+
+        reader = csv.reader(feed(), delimiter=delim, strict=True)
+        first = start
+        try:
+            for fields in reader:
+                yield first + 1, fields
+                first = pos[0] + 1
+            return
+        except csv.Error as err:
+            skips.add(f"{source.name}:line{first + 1}", "bad_row", f"{err} (a quote opened on line {first + 1}?)")
+            start = first + 1
+
+
+def _rows_table(
+    path: Path, delimiter: str | None, encoding: str, required: list[str], skips: SkipCounter, caption_column: str
+) -> Iterable[Mapping[str, Any]]:
     delim = delimiter or ("\t" if path.suffix.lower() in (".tsv", ".tab") else ",")
-    with open(path, encoding="utf-8", newline="") as fh:
-        yield from csv.DictReader(fh, delimiter=delim)
+    lines = read_text_lines(path, encoding=encoding)
+    if delim == "\t":
+        records: Iterable[tuple[int, list[str]]] = ((i + 1, line.split("\t")) for i, line in enumerate(lines))
+    else:
+        records = _split_csv(lines, delim, path, skips)
+    header: list[str] | None = None
+    for lineno, fields in records:
+        if not any(f.strip() for f in fields):
+            continue  # blank line
+        if header is None:
+            header = [h.strip() for h in fields]
+            missing = [c for c in required if c not in header]
+            if missing:
+                raise ValueError(f"{path}: no column {', '.join(map(repr, missing))} in the header (columns: {', '.join(header)})")
+            continue
+        if len(fields) > len(header):
+            if header[-1] == caption_column:  # an unquoted delimiter inside the caption: rejoin it
+                fields = fields[: len(header) - 1] + [delim.join(fields[len(header) - 1 :])]
+            else:
+                skips.add(f"{path.name}:line{lineno}", "bad_row",
+                          f"{len(fields)} fields for {len(header)} columns (a delimiter inside a field?)")
+                continue
+        yield dict(zip(header, fields + [""] * (len(header) - len(fields))))
 
 
-def _rows_jsonl(path: Path, skips: SkipCounter) -> Iterable[Mapping[str, Any]]:
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                skips.add(f"{path.name}:line{lineno}", "bad_row", str(err))
-                continue
-            if not isinstance(row, dict):
-                skips.add(f"{path.name}:line{lineno}", "bad_row", "not a JSON object")
-                continue
-            yield row
+def _rows_jsonl(path: Path, skips: SkipCounter, encoding: str = "utf-8") -> Iterable[Mapping[str, Any]]:
+    for lineno, line in enumerate(read_text_lines(path, encoding=encoding), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line, strict=False)  # strict=False: a raw tab or CR inside a caption string
+        except json.JSONDecodeError as err:
+            skips.add(f"{path.name}:line{lineno}", "bad_row", str(err))
+            continue
+        if not isinstance(row, dict):
+            skips.add(f"{path.name}:line{lineno}", "bad_row", "not a JSON object")
+            continue
+        yield row
 
 
 def _to_records(
@@ -62,7 +126,9 @@ def _to_records(
     pending: list[tuple[str, Path, str, Any, str, str]] = []
     seen: set[str] = set()
     for i, row in enumerate(rows):
-        rid = str(row.get(id_column) if id_column else "") or f"{source.stem}:{i}"
+        raw_id = row.get(id_column) if id_column else None
+        rid = "" if raw_id is None else str(raw_id).strip()
+        rid = rid or f"{source.stem}:{i}"
         if image_column not in row or caption_column not in row:
             skips.add(rid, "bad_row", f"missing column {image_column!r} or {caption_column!r}")
             continue
@@ -74,28 +140,32 @@ def _to_records(
         if not caption:
             skips.add(rid, "empty_caption")
             continue
+        try:
+            label = parse_label(row.get(label_column)) if label_column else None
+        except BadLabel as err:
+            skips.add(rid, "bad_row", str(err))
+            continue
         image = str(row.get(image_column) or "").strip()
         path = base / image if image else None
         if path is None or (check_exists and not path.is_file()):
             skips.add(rid, "missing_image", f"no file {path}")
             continue
-        label = row.get(label_column) if label_column else None
-        modality = str(row.get(modality_column) or "") if modality_column else ""
-        group = str(row.get(group_column) or "") if group_column else ""
+        modality = str(row.get(modality_column) or "").strip() if modality_column else ""
+        group = str(row.get(group_column) or "").strip() if group_column else ""
         pending.append((rid, path, caption, label, modality or infer_modality(caption), group))
-    names = sorted(
-        {str(p[3]) for p in pending if p[3] not in (None, "") and not str(p[3]).lstrip("-").isdigit()}
-    )
-    index = {n: k for k, n in enumerate(names)}
+    ints = [p[3] for p in pending if isinstance(p[3], int)]
+    offset = max(ints) + 1 if ints else 0
+    names = sorted({p[3] for p in pending if isinstance(p[3], str)})
+    index = {n: offset + k for k, n in enumerate(names)}
     records = []
     for rid, path, caption, label, modality, group in pending:
         meta: dict[str, Any] = {}
-        if label in (None, ""):
+        if label is None:
             lab = UNKNOWN_LABEL
-        elif str(label).lstrip("-").isdigit():
-            lab = int(label)
+        elif isinstance(label, int):
+            lab = label
         else:
-            lab, meta["label_name"] = index[str(label)], str(label)
+            lab, meta["label_name"] = index[label], label
         records.append(ImageTextRecord(rid, path, caption, lab, group, modality, meta))
     return records
 
@@ -113,10 +183,12 @@ def read_csv_pairs(
     delimiter: str | None = None,
     check_exists: bool = True,
     skips: SkipCounter | None = None,
+    encoding: str = "utf-8",
 ) -> list[ImageTextRecord]:
     """Read a CSV (``,``) or TSV (``.tsv``: TAB) table of image–caption pairs.
 
-    Without ``id_column`` a row's id is ``<file stem>:<row index>``.
+    Without ``id_column`` a row's id is ``<file stem>:<row index>``. See the module
+    docstring for quoting, BOM, CR and label rules; a column the header lacks raises ``ValueError``.
 
     Example:
         >>> import tempfile
@@ -130,8 +202,10 @@ def read_csv_pairs(
     """
     path = Path(path)
     skips = skips if skips is not None else SkipCounter()
+    named = [image_column, caption_column, id_column, label_column, modality_column, group_column]
+    required = [c for c in named if c is not None]
     return _to_records(
-        _rows_csv(path, delimiter),
+        _rows_table(path, delimiter, encoding, required, skips, caption_column),
         source=path,
         image_column=image_column,
         caption_column=caption_column,
@@ -157,8 +231,12 @@ def read_jsonl_pairs(
     image_root: str | os.PathLike | None = None,
     check_exists: bool = True,
     skips: SkipCounter | None = None,
+    encoding: str = "utf-8",
 ) -> list[ImageTextRecord]:
     """Read a JSON Lines file (one object per line) of image–caption pairs; bad lines are counted.
+
+    A row lacking the image or caption key, or with a bad label (``2.5``), is a ``bad_row``;
+    ``2.0`` is class 2.
 
     Example:
         >>> import tempfile
@@ -172,7 +250,7 @@ def read_jsonl_pairs(
     path = Path(path)
     skips = skips if skips is not None else SkipCounter()
     return _to_records(
-        _rows_jsonl(path, skips),
+        _rows_jsonl(path, skips, encoding),
         source=path,
         image_column=image_column,
         caption_column=caption_column,
