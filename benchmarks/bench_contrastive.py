@@ -1,8 +1,9 @@
-"""Contrastive loss (CLIP's symmetric InfoNCE) forward+backward: time and extra peak memory per backend.
+"""Contrastive losses forward+backward: time and extra peak memory per backend.
 
-    python benchmarks/bench_contrastive.py                      # N = 1024 … 16384, D = 512, float32, CPU
+    python benchmarks/bench_contrastive.py                      # CLIP InfoNCE, N = 1024 … 16384, D = 512, float32, CPU
     python benchmarks/bench_contrastive.py --sizes 1024 2048 --repeats 2
     python benchmarks/bench_contrastive.py --device cuda --dtype bfloat16   # + the Triton kernel (backend triton)
+    python benchmarks/bench_contrastive.py --loss siglip        # SigLIP's sigmoid loss (tiled vs open_clip)
 
 Each (backend, N) runs in its own process (clean peak memory), with a warm-up
 call then the median of ``--repeats``. The baseline is open_clip's
@@ -10,8 +11,13 @@ call then the median of ``--repeats``. The baseline is open_clip's
 open_clip_torch``: its loss module needs only torch, so it is loaded from its
 file even where torchvision does not import), otherwise a faithful naive
 implementation of the same computation (two N×N logit matrices, two
-cross-entropies). Writes ``benchmarks/results/contrastive_<device>.json`` and
-a PNG chart.
+cross-entropies). With ``--loss siglip`` the baseline is open_clip's
+``SigLipLoss`` (loaded the same way), whose single-process step materialises
+the N×N logits and the ±1 label matrix (its distributed path chunks them per
+rank), otherwise a faithful re-implementation of that computation; the
+unimlip_kit side is :func:`unimlip_kit.losses.siglip_loss` (tiled op, no Triton
+kernel). Writes ``benchmarks/results/contrastive_<device>.json`` (SigLIP:
+``contrastive_siglip_<device>.json``) and a PNG chart.
 """
 
 from __future__ import annotations
@@ -29,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, add_ratios, plot_time_and_memory, print_table, run_sweep, time_and_memory  # noqa: E402,I001
 
 
-def load_open_clip_loss():
-    """open_clip's ClipLoss class, or None (loads ``open_clip/loss.py`` without importing the package)."""
+def load_open_clip_loss(name: str = "ClipLoss"):
+    """open_clip's loss class ``name``, or None (loads ``open_clip/loss.py`` without importing the package)."""
     spec = importlib.util.find_spec("open_clip")
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -43,7 +49,7 @@ def load_open_clip_loss():
         mod_spec.loader.exec_module(module)
     except Exception:  # noqa: BLE001 - any import problem means "not available"
         return None
-    return getattr(module, "ClipLoss", None)
+    return getattr(module, name, None)
 
 
 def naive_clip_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -54,8 +60,15 @@ def naive_clip_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor) -
     return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
 
 
+def naive_siglip_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The computation open_clip's SigLipLoss performs on one process (N×N logits and ±1 labels)."""
+    logits = scale * img @ txt.T + bias
+    labels = 2 * torch.eye(img.shape[0], device=img.device, dtype=img.dtype) - 1
+    return -F.logsigmoid(labels * logits).sum() / img.shape[0]
+
+
 def worker(cfg: dict) -> dict:
-    from unimlip_kit.losses import image_text_contrastive_loss
+    from unimlip_kit.losses import image_text_contrastive_loss, siglip_loss
 
     torch.manual_seed(0)
     torch.set_num_threads(cfg["threads"]) if cfg.get("threads") else None
@@ -65,9 +78,29 @@ def worker(cfg: dict) -> dict:
     img = F.normalize(torch.randn(n, d, device=device), dim=1).to(dtype).requires_grad_(True)
     txt = F.normalize(torch.randn(n, d, device=device), dim=1).to(dtype).requires_grad_(True)
     scale = torch.tensor(1 / 0.07, device=device, requires_grad=True)
+    bias = torch.tensor(-10.0, device=device, requires_grad=True)
     backend = cfg["backend"]
     impl = backend
-    if backend == "baseline":
+    if cfg.get("loss") == "siglip":
+        scale = torch.tensor(10.0, device=device, requires_grad=True)
+        if backend == "baseline":
+            siglip_cls = load_open_clip_loss("SigLipLoss")
+            if siglip_cls is not None:
+                sig_mod = siglip_cls()
+                impl = "open_clip.SigLipLoss"
+
+                def fn():
+                    return sig_mod(img, txt, scale, bias)
+            else:
+                impl = "naive (open_clip not installed)"
+
+                def fn():
+                    return naive_siglip_loss(img, txt, scale, bias)
+        else:
+
+            def fn():
+                return siglip_loss(img, txt, scale, bias, backend=backend)
+    elif backend == "baseline":
         clip_loss_cls = load_open_clip_loss()
         if clip_loss_cls is not None:
             loss_mod = clip_loss_cls()
@@ -86,7 +119,7 @@ def worker(cfg: dict) -> dict:
             return image_text_contrastive_loss(img, txt, scale, backend=backend)
 
     def step():
-        img.grad = txt.grad = scale.grad = None
+        img.grad = txt.grad = scale.grad = bias.grad = None
         fn().backward()
 
     res = time_and_memory(step, device, repeats=cfg["repeats"], warmup=cfg["warmup"])
@@ -97,12 +130,13 @@ def worker(cfg: dict) -> dict:
 def chart(rows: list[dict], path: Path) -> None:
     labels = {r["backend"]: r["impl"] for r in rows if r["backend"] == "baseline" and "impl" in r}
     d = rows[0]
-    plot_time_and_memory(rows, path, labels=labels,
-                         title=f"Symmetric InfoNCE, D={d['d']}, {d['dtype']}, {d['device']}")
+    name = "SigLIP sigmoid loss" if d.get("loss") == "siglip" else "Symmetric InfoNCE"
+    plot_time_and_memory(rows, path, labels=labels, title=f"{name}, D={d['d']}, {d['dtype']}, {d['device']}")
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--loss", choices=["clip", "siglip"], default="clip")
     p.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384])
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--dtype", default="float32")
@@ -120,13 +154,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     from unimlip_kit.utils.io import run_metadata, save_json
 
-    backends = args.backends or (["triton"] if args.device.startswith("cuda") else []) + ["tiled", "baseline"]
-    base = {"d": args.dim, "dtype": args.dtype, "device": args.device, "repeats": args.repeats,
+    triton = ["triton"] if args.device.startswith("cuda") and args.loss == "clip" else []  # no SigLIP kernel
+    backends = args.backends or triton + ["tiled", "baseline"]
+    base = {"loss": args.loss, "d": args.dim, "dtype": args.dtype, "device": args.device, "repeats": args.repeats,
             "warmup": args.warmup, "threads": args.threads}
     rows = run_sweep(__file__, backends, args.sizes, base)
     add_ratios(rows, "baseline", "baseline")
-    out = args.out or RESULTS / f"contrastive_{args.device}.json"
-    save_json(out, {"benchmark": "contrastive_fwd_bwd", "metadata": run_metadata(), "results": rows})
+    stem = "contrastive" if args.loss == "clip" else "contrastive_siglip"
+    out = args.out or RESULTS / f"{stem}_{args.device}.json"
+    bench = "contrastive_fwd_bwd" if args.loss == "clip" else "siglip_fwd_bwd"
+    save_json(out, {"benchmark": bench, "metadata": run_metadata(), "results": rows})
     chart([r for r in rows if "error" not in r] or rows, out.with_suffix(".png"))
     print_table(rows, [("backend", "backend"), ("n", "N"), ("seconds_median", "s (median)"),
                        ("extra_peak_mib", "extra MiB"), ("time_vs_baseline", "time/base"),
