@@ -16,6 +16,7 @@ refits on all of it with the best value.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -34,10 +35,10 @@ DEFAULT_L2_GRID: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 def _check_xy(x: torch.Tensor, y: torch.Tensor, name: str) -> torch.Tensor:
     check_embeddings(x, name)
     y = torch.as_tensor(y, device=x.device).reshape(-1)
-    if y.dtype.is_floating_point or y.numel() != x.shape[0]:
+    if y.dtype.is_floating_point or y.dtype == torch.bool or y.numel() != x.shape[0]:
         raise ValueError(f"labels for {name} must be {x.shape[0]} integers, got shape {tuple(y.shape)} dtype {y.dtype}")
     if int(y.min()) < 0:
-        raise ValueError(f"labels for {name} must be >= 0, got min {int(y.min())}")
+        raise ValueError(f"labels for {name} must be >= 0 (drop unknown -1 labels first), got min {int(y.min())}")
     return y.long()
 
 
@@ -65,6 +66,27 @@ class LinearProbe:
     std: torch.Tensor | None = field(default=None, repr=False)
     sweep: dict[float, float] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self._check_settings()
+
+    def _check_settings(self) -> None:
+        """Raise ``ValueError`` naming the setting that L-BFGS could not use (negative/NaN λ, ...)."""
+        def lam_ok(v: object) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+        if self.l2 is not None and not lam_ok(self.l2):
+            raise ValueError(f"l2 must be None (sweep l2_grid) or a finite number >= 0, got {self.l2!r}")
+        grid = list(self.l2_grid)
+        if not grid or not all(lam_ok(v) for v in grid):
+            raise ValueError(f"l2_grid must be a non-empty list of finite numbers >= 0, got {self.l2_grid!r}")
+        if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, int) or self.max_iter < 1:
+            raise ValueError(f"max_iter must be an integer >= 1, got {self.max_iter!r}")
+        if not (isinstance(self.val_fraction, (int, float)) and 0.0 < self.val_fraction < 1.0):
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
+        if self.num_classes is not None and (isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int)
+                                             or self.num_classes < 1):
+            raise ValueError(f"num_classes must be None or an integer >= 1, got {self.num_classes!r}")
+
     def _fit_fixed(self, x: torch.Tensor, y: torch.Tensor, l2: float, c: int) -> tuple[torch.Tensor, torch.Tensor]:
         w = torch.zeros(c, x.shape[1], dtype=x.dtype, device=x.device, requires_grad=True)
         b = torch.zeros(c, dtype=x.dtype, device=x.device, requires_grad=True)
@@ -83,6 +105,7 @@ class LinearProbe:
 
     def fit(self, features: torch.Tensor, labels: torch.Tensor, *, generator: torch.Generator | None = None) -> "LinearProbe":
         """Standardise, pick λ (sweep when ``l2`` is None) and fit; returns ``self``."""
+        self._check_settings()
         y = _check_xy(features, labels, "features")
         x = features.detach()
         x = x if x.dtype == torch.float64 else x.float()
@@ -146,7 +169,8 @@ def linear_probe_evaluate(
         (True, ['accuracy', 'balanced_accuracy', 'l2', 'n'])
     """
     test_y = _check_xy(test_features, test_labels, "test_features")
-    c = num_classes or int(max(int(torch.as_tensor(train_labels).max()), int(test_y.max()))) + 1
+    train_y = _check_xy(train_features, train_labels, "train_features")
+    c = num_classes or int(max(int(train_y.max()), int(test_y.max()))) + 1
     probe = LinearProbe(l2=l2, num_classes=c).fit(train_features, train_labels, generator=generator)
     out = classification_metrics(probe.predict(test_features).cpu(), test_y.cpu(), c)
     out["l2"] = probe.l2

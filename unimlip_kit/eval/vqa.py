@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from unimlip_kit.eval.vqa_data import VQASample
+from unimlip_kit.eval.vqa_data import VQASample, normalize_answer
 
 __all__ = [
     "AnswerVocab",
@@ -188,18 +188,24 @@ class VQADataset(Dataset):
 def vqa_accuracy(predicted: Sequence[str], samples: Sequence[VQASample]) -> dict[str, float]:
     """Exact-match accuracy of normalised answers: overall, closed and open, with counts.
 
+    Predictions and reference answers both go through
+    :func:`~unimlip_kit.eval.vqa_data.normalize_answer` (case, spacing, a final full
+    stop), so ``"Yes."`` matches ``"yes"``.
+
     Example:
         >>> from pathlib import Path
         >>> ss = [VQASample("1", Path("a"), "q", "yes", "closed"), VQASample("2", Path("a"), "q", "liver", "open"),
         ...       VQASample("3", Path("a"), "q", "no", "closed")]
         >>> vqa_accuracy(["yes", "spleen", "no"], ss)
         {'accuracy': 0.6666666666666666, 'closed_accuracy': 1.0, 'open_accuracy': 0.0, 'n': 3, 'n_closed': 2, 'n_open': 1}
+        >>> vqa_accuracy(["Yes.", " LIVER ", "No"], ss)["accuracy"]
+        1.0
     """
     if len(predicted) != len(samples):
         raise ValueError(f"predicted has {len(predicted)} answers for {len(samples)} samples")
-    hits = {"closed": [], "open": []}
+    hits: dict[str, list[bool]] = {"closed": [], "open": []}
     for p, s in zip(predicted, samples):
-        hits.setdefault(s.answer_type, []).append(p == s.answer)
+        hits.setdefault(s.answer_type, []).append(normalize_answer(p) == normalize_answer(s.answer))
     allh = [h for v in hits.values() for h in v]
 
     def frac(v: list[bool]) -> float:

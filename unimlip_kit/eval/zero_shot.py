@@ -8,6 +8,7 @@ prompt ensembling) into the class weight :math:`w_c`. An image with embedding
 
 from __future__ import annotations
 
+import string
 from typing import Callable, Sequence
 
 import torch
@@ -48,6 +49,10 @@ def prompt_ensemble(encode_text: Callable[[list[str]], torch.Tensor], class_prom
     if not isinstance(emb, torch.Tensor) or emb.ndim != 2 or emb.shape[0] != len(flat):
         got = tuple(emb.shape) if isinstance(emb, torch.Tensor) else type(emb).__name__
         raise ValueError(f"encode_text must return a ({len(flat)}, D) tensor for {len(flat)} prompts, got {got}")
+    bad = (~torch.isfinite(emb)).flatten(1).any(1) if emb.is_floating_point() else torch.zeros(len(flat), dtype=torch.bool)
+    if bool(bad.any()):
+        which = [flat[i] for i in bad.nonzero().flatten().tolist()[:3]]
+        raise ValueError(f"encode_text returned NaN or infinite embeddings for {int(bad.sum())} prompts, e.g. {which}")
     emb = F.normalize(emb.float(), dim=-1)
     owner = torch.repeat_interleave(torch.arange(len(groups)), torch.tensor([len(g) for g in groups])).to(emb.device)
     sums = torch.zeros(len(groups), emb.shape[1], dtype=emb.dtype, device=emb.device).index_add_(0, owner, emb)
@@ -73,8 +78,15 @@ def zero_shot_classifier(
     names, temps = list(class_names), list(templates)
     if not names:
         raise ValueError("class_names is empty")
-    if not temps or any("{}" not in t for t in temps):
-        raise ValueError(f"templates must be non-empty and each contain '{{}}', got {temps}")
+    if isinstance(templates, str) or not temps:
+        raise ValueError(f"templates must be a non-empty list of strings with one '{{}}' slot, got {templates!r}")
+    for t in temps:
+        try:
+            slots = [f for _, f, _, _ in string.Formatter().parse(t) if f is not None]
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"templates must be format strings with one '{{}}' slot; {t!r} is not ({err})") from None
+        if slots not in ([""], ["0"]):
+            raise ValueError(f"templates must each contain exactly one '{{}}' slot (for the class name); {t!r} has {slots}")
     return prompt_ensemble(encode_text, [[t.format(n) for t in temps] for n in names])
 
 

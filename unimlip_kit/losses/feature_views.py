@@ -107,7 +107,7 @@ def random_token_keep(
     if keep_first:
         score[:, 0] = torch.where(first, torch.full_like(score[:, 0], -1.0), score[:, 0])
     order = score.argsort(dim=1)
-    kmax = max(int(k.max()), 1)
+    kmax = max(int(k.max()), 1) if b else min(t, 1)  # an empty batch keeps nothing (and has no max)
     idx = order[:, :kmax]
     keep = torch.arange(kmax, device=dev)[None, :] < k[:, None]
     # Restore original order; padding slots go last.

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unimlip_kit.ops.hard_negatives import sample_hard_negatives
+from unimlip_kit.utils.checks import check_finite
 
 __all__ = ["ITMPairs", "ImageTextMatchingLoss", "build_itm_pairs", "image_text_matching_loss", "sample_itm_pairs"]
 
@@ -170,6 +171,7 @@ def image_text_matching_loss(logits: torch.Tensor, labels: torch.Tensor) -> torc
         raise ValueError(f"labels must have shape ({m},) matching logits {tuple(logits.shape)}, got {getattr(labels, 'shape', None)}")
     if labels.is_floating_point() or bool(((labels != 0) & (labels != 1)).any()):
         raise ValueError("labels must be integer 0 (no match) or 1 (match)")
+    check_finite(logits.detach(), "logits")  # NaN/inf would make the loss NaN; the contrastive losses reject it too
     acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
     x = logits.to(acc)
     if single:

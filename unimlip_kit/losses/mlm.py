@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unimlip_kit.utils.checks import check_finite
+
 __all__ = ["IGNORE_INDEX", "MaskedLanguageModelingLoss", "mask_tokens", "masked_language_modeling_loss"]
 
 #: Label of positions that are not scored (PyTorch's ``cross_entropy`` default).
@@ -132,18 +134,21 @@ def mask_tokens(
             "special_token_ids=tokenizer.all_special_ids, special_tokens_mask= (tokenizer(..., "
             "return_special_tokens_mask=True)) or tokenizer=; special_token_ids=() allows every attended token"
         )
+    info = torch.iinfo(input_ids.dtype)
+    if info.max < vocab_size - 1:
+        raise ValueError(f"input_ids of dtype {input_ids.dtype} cannot hold ids up to vocab_size - 1 = {vocab_size - 1}")
     squeeze = input_ids.ndim == 1
     ids = input_ids.unsqueeze(0) if squeeze else input_ids
     dev = ids.device
     cand = torch.ones_like(ids, dtype=torch.bool) if attention_mask is None else attention_mask.reshape(ids.shape).to(dev).bool()
     if special_tokens_mask is not None:
         cand &= ~special_tokens_mask.reshape(ids.shape).to(dev).bool()
-    cand &= ~torch.isin(ids, torch.tensor(specials, device=dev, dtype=ids.dtype))
+    cand &= ~torch.isin(ids, torch.tensor([v for v in specials if info.min <= v <= info.max], device=dev, dtype=ids.dtype))
 
     selected = (_rand(ids.shape, dev, generator) < float(prob)) & cand
     # Drawn in every case so the stream (and every other position) does not depend on the option.
     score = _rand(ids.shape, dev, generator).masked_fill(~cand, -1.0)
-    if min_one_target:  # a uniform candidate where a non-empty sequence drew none
+    if min_one_target and ids.shape[1] > 0:  # a uniform candidate where a non-empty sequence drew none
         needs = cand.any(dim=1) & ~selected.any(dim=1)
         selected |= F.one_hot(score.argmax(dim=1), ids.shape[1]).bool() & needs[:, None]
 
@@ -160,7 +165,8 @@ def mask_tokens(
     masked = ids.clone()
     masked[to_mask] = int(mask_token_id)
     masked[to_random] = random_ids[to_random]
-    labels = ids.masked_fill(~selected, IGNORE_INDEX)
+    # labels hold -100: unsigned ids (uint8 would wrap it to 156) get int64 labels
+    labels = (ids if info.min <= IGNORE_INDEX else ids.long()).masked_fill(~selected, IGNORE_INDEX)
     if squeeze:
         return masked.squeeze(0), labels.squeeze(0)
     return masked, labels
@@ -197,6 +203,8 @@ def masked_language_modeling_loss(
     if labels.is_floating_point():
         raise ValueError(f"labels must be integer token ids, got {labels.dtype}")
     v = logits.shape[-1]
+    if v == 0:
+        raise ValueError(f"logits have an empty vocabulary dimension: shape {tuple(logits.shape)}")
     flat_labels = labels.reshape(-1).long()
     keep = flat_labels != ignore_index
     if bool(((flat_labels[keep] < 0) | (flat_labels[keep] >= v)).any()):
@@ -205,7 +213,9 @@ def masked_language_modeling_loss(
     flat = logits.reshape(-1, v)
     if not bool(keep.any()):
         return flat.sum().to(acc) * 0.0
-    return F.cross_entropy(flat[keep].to(acc), flat_labels[keep])
+    scored = flat[keep]
+    check_finite(scored.detach(), "logits at the selected positions")  # as the contrastive losses do
+    return F.cross_entropy(scored.to(acc), flat_labels[keep])
 
 
 class MaskedLanguageModelingLoss(nn.Module):

@@ -13,6 +13,7 @@ produces a flat mapping of named outputs; :data:`TERM_KEYS` is the contract.
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Callable, Mapping, NamedTuple
 
 import torch
@@ -168,10 +169,17 @@ class UniMlipLoss(nn.Module):
         itc_loss: str = "infonce",
     ) -> None:
         super().__init__()
+        if weights is not None and not isinstance(weights, Mapping):
+            raise TypeError(
+                f"weights must be a mapping term -> weight such as {{'itm': 0.5}} (terms: {list(DEFAULT_WEIGHTS)}), "
+                f"got {type(weights).__name__}"
+            )
         merged = dict(DEFAULT_WEIGHTS)
         for name, w in (weights or {}).items():
             if name not in DEFAULT_WEIGHTS:
                 raise ValueError(f"unknown UniMlipLoss term {name!r}; terms are {list(DEFAULT_WEIGHTS)}")
+            if isinstance(w, bool) or not (isinstance(w, numbers.Real) or (isinstance(w, torch.Tensor) and w.numel() == 1)):
+                raise ValueError(f"weight of term {name!r} must be a finite number >= 0, got {w!r}")
             w = float(w)
             if not (w >= 0 and w != float("inf")):
                 raise ValueError(f"weight of term {name!r} must be a finite number >= 0, got {w}")
