@@ -13,11 +13,14 @@ Measures, for bf16 embeddings with D = 768 (``--dim``) and the symmetric loss
   is counted over 8·N²·D FLOPs (2 forward + 6 backward) and reported as a
   fraction of the matmul rate;
 * at N = 1,048,576 (``--big``): fwd+bwd time and peak allocated memory against
-  inputs plus gradients (4·N·D·2 bytes).
+  inputs plus gradients (4·N·D·2 bytes);
+* the hard-negative sampler against one forward at N = 65536 (``--sampler-n``);
+* registers, spills and shared memory of every kernel specialisation the run compiled, as the CUDA
+  driver reports them (compare with the ahead-of-time table in docs/ARCHITECTURE.md).
 
 Writes ``benchmarks/results/kernels_gpu.json`` (with ``run_metadata()``) and prints a table.
 Issue targets (H200): ≥ 60 % of the matmul rate at N = 65536; peak ≤ 1.2× inputs+grads at
-N = 2^20; one pass faster than two.
+N = 2^20; one pass faster than two; sampler ≤ 1.2× one forward at N = 65536.
 """
 
 from __future__ import annotations
@@ -83,38 +86,85 @@ def time_variant(fn, n: int, d: int, dtype: torch.dtype, repeats: int) -> dict:
     return {"fwd_s": t_f, "fwd_bwd_s": t_fb, "tflops_8n2d": 8.0 * n * n * d / t_fb / 1e12}
 
 
+def time_sampler(n: int, d: int, dtype: torch.dtype, repeats: int) -> float:
+    from unimlip_kit.kernels import hard_negatives
+
+    a, b, s, _, _ = _inputs(n, d, dtype)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    with torch.no_grad():
+        return cuda_seconds(lambda: hard_negatives.sample_hard_negatives_triton(a, b, s, generator=g), repeats, warmup=1)
+
+
 def sweep(infonce, n: int, d: int, dtype: torch.dtype) -> dict:
-    """Try a few launch configurations per pass at N = n; keep the fastest in ``CUDA_CONFIGS``."""
-    fwd_cands = [
-        dict(BLOCK_M=128, BLOCK_N=128, BLOCK_D=64, num_warps=8, num_stages=3),
-        dict(BLOCK_M=128, BLOCK_N=64, BLOCK_D=64, num_warps=4, num_stages=3),
-        dict(BLOCK_M=64, BLOCK_N=128, BLOCK_D=64, num_warps=4, num_stages=4),
-        dict(BLOCK_M=128, BLOCK_N=256, BLOCK_D=64, num_warps=8, num_stages=3),
-    ]
-    bwd_cands = [
-        dict(BLOCK_M=128, BLOCK_N=64, BLOCK_D=64, num_warps=8, num_stages=2),
-        dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=64, num_warps=4, num_stages=2),
-        dict(BLOCK_M=128, BLOCK_N=128, BLOCK_D=32, num_warps=8, num_stages=2),
-        dict(BLOCK_M=64, BLOCK_N=128, BLOCK_D=64, num_warps=8, num_stages=2),
-    ]
-    out = {"fwd": [], "bwd": []}
-    for kind, cands in (("fwd", fwd_cands), ("bwd", bwd_cands)):
+    """Try a few launch configurations per kernel at N = n; keep the fastest in ``CUDA_CONFIGS``.
+
+    The first candidate of each list is the committed default (spill-free on sm_80 and sm_90 by the
+    ahead-of-time check); the others are larger tiles that spill on sm_80 or hold more registers.
+    """
+    cands = {
+        "fwd": [
+            dict(BLOCK_M=128, BLOCK_N=128, BLOCK_D=32, num_warps=8, num_stages=3),
+            dict(BLOCK_M=128, BLOCK_N=128, BLOCK_D=64, num_warps=8, num_stages=3),
+            dict(BLOCK_M=128, BLOCK_N=64, BLOCK_D=64, num_warps=8, num_stages=3),
+            dict(BLOCK_M=128, BLOCK_N=128, BLOCK_D=32, num_warps=8, num_stages=4),
+        ],
+        "bwd": [
+            dict(BLOCK_M=128, BLOCK_N=64, BLOCK_D=32, num_warps=8, num_stages=2),
+            dict(BLOCK_M=128, BLOCK_N=64, BLOCK_D=64, num_warps=8, num_stages=2),
+            dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=32, num_warps=4, num_stages=2),
+            dict(BLOCK_M=128, BLOCK_N=64, BLOCK_D=32, num_warps=8, num_stages=3),
+        ],
+        "sampler": [
+            dict(BLOCK_M=128, BLOCK_N=32, BLOCK_D=64, num_warps=8, num_stages=3),
+            dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=64, num_warps=8, num_stages=3),
+            dict(BLOCK_M=128, BLOCK_N=64, BLOCK_D=64, num_warps=8, num_stages=3),
+        ],
+    }
+    out: dict = {k: [] for k in cands}
+    for kind, kind_cands in cands.items():
         best = None
-        for cfg in cands:
+        default = dict(infonce.CUDA_CONFIGS[(kind, "half")])
+        for cfg in kind_cands:
             infonce.CUDA_CONFIGS[(kind, "half")] = cfg
             try:
-                r = time_variant(infonce.contrastive_lse_triton, n, d, dtype, repeats=3)
-                t = r["fwd_s"] if kind == "fwd" else r["fwd_bwd_s"] - r["fwd_s"]
+                if kind == "sampler":
+                    t = time_sampler(n, d, dtype, repeats=3)
+                else:
+                    r = time_variant(infonce.contrastive_lse_triton, n, d, dtype, repeats=3)
+                    t = r["fwd_s"] if kind == "fwd" else r["fwd_bwd_s"] - r["fwd_s"]
             except Exception as exc:  # noqa: BLE001 - a config that does not compile (shared memory) is skipped
                 out[kind].append({**cfg, "error": str(exc).splitlines()[0][:200]})
                 continue
             out[kind].append({**cfg, "seconds": t})
             if best is None or t < best[0]:
                 best = (t, cfg)
-        if best is not None:
-            infonce.CUDA_CONFIGS[(kind, "half")] = best[1]
+        infonce.CUDA_CONFIGS[(kind, "half")] = best[1] if best is not None else default
         out[f"best_{kind}"] = best[1] if best else None
         print(f"  sweep {kind}: best {best}", flush=True)
+    return out
+
+
+def sampler_vs_forward(infonce, n: int, d: int, dtype: torch.dtype, repeats: int) -> dict:
+    """Sampler time against one symmetric forward (no grad) at the same N (target: ≤ 1.2×)."""
+    a, b, s, _, _ = _inputs(n, d, dtype)
+    with torch.no_grad():
+        t_fwd = cuda_seconds(lambda: infonce.contrastive_lse_triton(a, b, s, False, True), repeats, warmup=1)
+    t_s = time_sampler(n, d, dtype, repeats)
+    return {"n": n, "d": d, "fwd_s": t_fwd, "sampler_s": t_s, "sampler_over_fwd": t_s / t_fwd}
+
+
+def compiled_resources() -> list[dict]:
+    """Registers, spills and shared memory of each kernel specialisation compiled in this process (CUDA driver)."""
+    from unimlip_kit.kernels import hard_negatives, infonce
+
+    out = []
+    for kern in (infonce._lse_fwd_kernel, infonce._lse_bwd_kernel, hard_negatives._hard_negative_kernel):
+        for cache in getattr(kern, "device_caches", {}).values():  # JIT internals: best effort
+            for ck in cache[0].values():
+                md = ck.metadata
+                out.append({"kernel": kern.__name__, "arch": md.target.arch, "num_warps": md.num_warps,
+                            "num_stages": md.num_stages, "shared_bytes": md.shared,
+                            "n_regs": getattr(ck, "n_regs", None), "n_spills": getattr(ck, "n_spills", None)})
     return out
 
 
@@ -143,6 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--dim", type=int, default=768)
     p.add_argument("--big", type=int, default=1 << 20, help="N for the memory run (0 skips it)")
     p.add_argument("--sweep-n", type=int, default=16384, help="N for the launch-config sweep (0 skips it)")
+    p.add_argument("--sampler-n", type=int, default=65536, help="N for sampler vs forward (0 skips it)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", type=Path, default=RESULTS / "kernels_gpu.json")
     args = p.parse_args(argv)
@@ -181,6 +232,13 @@ def main(argv: list[str] | None = None) -> dict:
         result["memory"] = big
         print(f"  N={args.big}: peak {big['peak_bytes'] / 2**30:.2f} GiB = "
               f"{big['peak_over_inputs_plus_grads']:.3f}x inputs+grads, fwd+bwd {big['fwd_bwd_s']:.1f} s", flush=True)
+    if args.sampler_n:
+        result["sampler_vs_forward"] = sv = sampler_vs_forward(infonce, args.sampler_n, d, dtype, args.repeats)
+        print(f"  sampler N={sv['n']}: {sv['sampler_s'] * 1e3:.2f} ms = {sv['sampler_over_fwd']:.2f}x one forward",
+              flush=True)
+    result["compiled"] = compiled_resources()
+    spills = [c for c in result["compiled"] if c["n_spills"]]
+    print(f"  {len(result['compiled'])} compiled specialisations, {len(spills)} with spills", flush=True)
     save_json(args.out, result)
     print_table(rows, [("variant", "variant"), ("n", "N"), ("fwd_s", "fwd s"), ("fwd_bwd_s", "fwd+bwd s"),
                        ("tflops_8n2d", "TFLOP/s (8N²D)"), ("fraction_of_matmul", "of matmul"),
