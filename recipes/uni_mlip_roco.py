@@ -40,7 +40,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -56,6 +56,7 @@ from unimlip_kit.losses import DEFAULT_WEIGHTS, UniMlipLoss
 from unimlip_kit.models import UniMlipModel, UniMlipModelConfig
 from unimlip_kit.text import load_bundled_tokenizer, train_wordpiece_tokenizer
 from unimlip_kit.utils import derive_seed, load_config, run_metadata, save_config, save_json, seed_everything
+from unimlip_kit.utils.config import PathOrHubId
 from unimlip_kit.utils.io import atomic_write
 
 # ----------------------------------------------------------------------------- config
@@ -74,8 +75,8 @@ class DataConfig:
     root: str | None = None
     cache_dir: str | None = None
     synthetic: SyntheticConfig = field(default_factory=lambda: SyntheticConfig(n_train=2000, n_validation=100, n_test=300))
-    train_split: str = "train"
-    eval_split: str = "test"
+    train_split: Literal["train", "validation", "test"] = "train"
+    eval_split: Literal["train", "validation", "test"] = "test"
     limit_train: int | None = None  # keep only the first N training pairs (quick runs)
     limit_eval: int | None = 1000  # retrieval gallery size (chance R@1 = 1 / gallery)
     num_workers: int = 0
@@ -86,8 +87,8 @@ class AugmentConfig:
     """Data-level views: per-modality medical presets, the laterality-aware flip, caption EDA."""
 
     enabled: bool = True
-    strength: str = "medium"  # light | medium | strong
-    flip: str = "swap"  # LateralityAwareFlip mode: swap (flip + fix left/right) | allow | forbid
+    strength: Literal["light", "medium", "strong"] = "medium"
+    flip: Literal["swap", "allow", "forbid"] = "swap"  # LateralityAwareFlip mode: swap (flip + fix left/right)
     flip_p: float = 0.5
     text: bool = True  # negation- and laterality-safe caption augmentation for the second text view
     text_p: float = 0.5
@@ -98,8 +99,9 @@ class AugmentConfig:
 class LossConfig:
     """UniMlipLoss: a weight per term (0 switches a term and its forward passes off)."""
 
-    weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
-    image_ssl: str = "ntxent"  # ntxent | simsiam
+    weights: dict[Literal["itc", "itc_feature", "image_ssl", "text_ssl", "itm", "mlm"], float] = field(
+        default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    image_ssl: Literal["ntxent", "simsiam"] = "ntxent"
     image_temperature: float = 0.1
     text_temperature: float = 0.05
 
@@ -116,7 +118,7 @@ class TrainConfig:
     warmup_steps: int = 50
     min_lr_ratio: float = 0.05  # cosine decays to lr * min_lr_ratio
     grad_clip: float = 1.0  # max global grad norm (0 = off)
-    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | off
+    amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 on CUDA, off on CPU (fp16 is not supported)
     log_every: int = 10
     ckpt_every: int = 100
     keep_checkpoints: int = 2
@@ -129,8 +131,9 @@ class RecipeConfig:
 
     seed: int = 0
     output_dir: str = "runs/uni_mlip_roco"
-    device: str = "auto"  # auto | cpu | cuda
-    tokenizer: str = "wordpiece"  # wordpiece (trained on the training captions) | bundled (BERT, 30522) | a folder/hub id
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # wordpiece (trained on the training captions) | bundled (BERT, 30522) | an existing folder | a hub id owner/name
+    tokenizer: Literal["wordpiece", "bundled"] | PathOrHubId = "wordpiece"
     wordpiece_vocab: int = 1000
     threads: int = 0  # torch CPU threads (0 = torch's default)
     progress: bool = True

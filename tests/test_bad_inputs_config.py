@@ -213,3 +213,48 @@ def test_text_for_a_number_either_parses_exactly_or_names_the_key(value: str) ->
         except ValueError:
             continue  # YAML spellings (.inf) and int(x, 0) forms (0x1f): accepted deliberately
         assert got == ref or (isinstance(ref, float) and math.isnan(ref) and math.isnan(got))
+
+
+# ------------------------------------------------------------------ the recipe's enumerated options fail at load
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    from unimlip_kit.utils.io import load_script
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / "uni_mlip_roco.py"
+    if not path.exists():
+        pytest.skip("recipe not found")
+    return load_script(path)
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("train.amp=fp16", "'train.amp' must be one of auto, bf16, off; got 'fp16'"),
+        ("device=gpu", "'device' must be one of auto, cpu, cuda; got 'gpu'"),
+        ("augment.strength=hard", "'augment.strength' must be one of light, medium, strong"),
+        ("augment.flip=mirror", "'augment.flip' must be one of swap, allow, forbid"),
+        ("loss.image_ssl=byol", "'loss.image_ssl' must be one of ntxent, simsiam"),
+        ("loss.weights.itm=abc", "'loss.weights.itm' expects float, got 'abc'"),
+        ("loss.weights={foo: 1}", "'loss.weights' has the key 'foo'; keys must be one of itc, itc_feature"),
+        ("data.train_split=val", "'data.train_split' must be one of train, validation, test"),
+        ("tokenizer=bundeld", "'tokenizer' must be one of wordpiece, bundled or an existing file or folder, or a hub id"),
+    ],
+)
+def test_recipe_rejects_an_unknown_option_when_the_config_loads(recipe, override: str, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        load_config(recipe.RecipeConfig, None, [override])
+
+
+def test_recipe_accepts_every_listed_option_and_yaml_words(recipe, tmp_path: Path) -> None:
+    cfg = load_config(recipe.RecipeConfig, None, [
+        "train.amp=off", "output_dir=2024", "device=cpu", "augment.strength=strong", "tokenizer=bundled",
+        "loss.weights.itm=0.5", "train={max_steps: 7}"])
+    assert (cfg.train.amp, cfg.output_dir, cfg.device, cfg.augment.strength, cfg.tokenizer) == (
+        "off", "2024", "cpu", "strong", "bundled")
+    assert cfg.loss.weights["itm"] == 0.5 and cfg.train.max_steps == 7 and cfg.train.lr == recipe.TrainConfig().lr
+    assert load_config(recipe.RecipeConfig, None, [f"tokenizer={tmp_path}"]).tokenizer == str(tmp_path)
+    assert load_config(recipe.RecipeConfig, None, ["tokenizer=org/model"]).tokenizer == "org/model"
+    save_config(cfg, tmp_path / "c.yaml")
+    assert load_config(recipe.RecipeConfig, tmp_path / "c.yaml") == cfg

@@ -255,7 +255,14 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             raise ValueError(f"config key {path!r} expects a mapping, got {value!r}")
         args = typing.get_args(tp)
         kt, vt = args if len(args) == 2 else (Any, Any)
-        return {_coerce(k, kt, f"{path} key"): _coerce(v, vt, f"{path}.{k}") for k, v in value.items()}
+        out = {}
+        for k, v in value.items():
+            try:
+                key = _coerce(k, kt, path)
+            except ValueError:
+                raise ValueError(f"config key {path!r} has the key {k!r}; keys must be {_describe(kt)}") from None
+            out[key] = _coerce(v, vt, f"{path}.{k}")
+        return out
     if tp in (float, int, bool, str):
         if is_text:
             return _scalar(value, tp, path)
