@@ -70,10 +70,13 @@ def main(argv: list[str] | None = None) -> int:
         records = read_roco(root, "train", skips=skips)
         print(f"synthetic dataset at {root}")
     else:
-        if args.path.is_dir():
-            records = read_roco(args.path, args.split, skips=skips)
-        else:
-            records = read_pairs(args.path, image_column=args.image_column, caption_column=args.caption_column, skips=skips)
+        try:
+            if args.path.is_dir():
+                records = read_roco(args.path, args.split, skips=skips)
+            else:
+                records = read_pairs(args.path, image_column=args.image_column, caption_column=args.caption_column, skips=skips)
+        except (ValueError, FileNotFoundError) as err:  # a wrong column name, encoding or folder: say it, no traceback
+            p.error(str(err))
         if args.verify:
             records = verify_records(records, skips, progress=True)
     print(json.dumps(_summary(records, skips), indent=2))

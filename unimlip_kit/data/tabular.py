@@ -271,11 +271,11 @@ def read_pairs(path: str | os.PathLike, **kwargs: Any) -> list[ImageTextRecord]:
         >>> read_pairs("missing.jsonl")
         Traceback (most recent call last):
         ...
-        FileNotFoundError: missing.jsonl
+        FileNotFoundError: no table file missing.jsonl
     """
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(str(path))
+        raise FileNotFoundError(f"no table file {path}")
     if p.suffix.lower() in (".jsonl", ".json", ".ndjson"):
         return read_jsonl_pairs(p, **kwargs)
     return read_csv_pairs(p, **kwargs)
