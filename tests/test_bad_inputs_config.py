@@ -240,6 +240,8 @@ def recipe():
         ("loss.weights={foo: 1}", "'loss.weights' has the key 'foo'; keys must be one of itc, itc_feature"),
         ("data.train_split=val", "'data.train_split' must be one of train, validation, test"),
         ("tokenizer=bundeld", "'tokenizer' must be one of wordpiece, bundled or an existing file or folder, or a hub id"),
+        ("model.image_pool=max", "'model.image_pool' must be one of attn, mean, cls"),
+        ("model.attention_backend=flash", "'model.attention_backend' must be one of sdpa, xformers or null"),
     ],
 )
 def test_recipe_rejects_an_unknown_option_when_the_config_loads(recipe, override: str, match: str) -> None:
@@ -256,5 +258,7 @@ def test_recipe_accepts_every_listed_option_and_yaml_words(recipe, tmp_path: Pat
     assert cfg.loss.weights["itm"] == 0.5 and cfg.train.max_steps == 7 and cfg.train.lr == recipe.TrainConfig().lr
     assert load_config(recipe.RecipeConfig, None, [f"tokenizer={tmp_path}"]).tokenizer == str(tmp_path)
     assert load_config(recipe.RecipeConfig, None, ["tokenizer=org/model"]).tokenizer == "org/model"
+    assert load_config(recipe.RecipeConfig, None, ["model.attention_backend=null"]).model.attention_backend is None
+    assert load_config(recipe.RecipeConfig, None, ["model.attention_backend=sdpa"]).model.attention_backend == "sdpa"
     save_config(cfg, tmp_path / "c.yaml")
     assert load_config(recipe.RecipeConfig, tmp_path / "c.yaml") == cfg

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 __all__ = ["UniMlipModelConfig"]
 
@@ -57,8 +58,8 @@ class UniMlipModelConfig:
     vision_width: int = 128
     vision_layers: int = 2
     vision_heads: int = 4
-    image_pool: str = "mean"
-    text_pool: str = "mean"
+    image_pool: Literal["attn", "mean", "cls"] = "mean"
+    text_pool: Literal["attn", "mean", "cls"] = "mean"
     vocab_size: int = 1000
     max_text_len: int = 64
     text_width: int = 128
@@ -74,7 +75,7 @@ class UniMlipModelConfig:
     logit_scale_init: float = 1 / 0.07
     logit_scale_max: float = 100.0
     image_keep_ratio: float = 0.5
-    attention_backend: str | None = None
+    attention_backend: Literal["sdpa", "xformers"] | None = None
     image_ssl_predictor: bool = False
     pixel_mean: float = 0.5
     pixel_std: float = 0.25
