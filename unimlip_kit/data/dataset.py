@@ -12,6 +12,7 @@ skip never silently changes which pairs a run trains on.
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Callable, Literal, NamedTuple, Sequence
 
 import torch
@@ -97,10 +98,12 @@ class ImageTextDataset(Dataset):
         if resize not in RESIZE_MODES:
             raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
         if image_size is not None:
-            sides = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-            if len(sides) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in sides):
+            sides = (image_size, image_size) if isinstance(image_size, numbers.Integral) else tuple(image_size)
+            if len(sides) != 2 or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in sides):
                 raise ValueError(f"image_size must be None, a positive int or (H, W) of positive ints, got {image_size!r}")
         self.records = list(records)
+        if image_size is not None:  # plain ints (numpy integers and (H, W) lists accepted)
+            image_size = int(image_size) if isinstance(image_size, numbers.Integral) else (int(sides[0]), int(sides[1]))
         self.image_size = image_size
         self.channels = channels
         self.resize = resize
