@@ -27,14 +27,11 @@ Writes ``<run-dir>/eval.json`` (or ``--output``) and prints a table.
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import sys
-import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
-import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,215 +39,19 @@ if str(REPO) not in sys.path:  # `python recipes/evaluate.py` from a checkout
     sys.path.insert(0, str(REPO))
 
 from unimlip_kit.eval import (  # noqa: E402
-    AnswerVocab,
-    VQAClassifier,
-    VQADataset,
-    encode_loader,
-    evaluate_vqa,
-    linear_probe_evaluate,
-    prompt_ensemble,
+    TASKS,
+    EvalConfig,
+    evaluate_model,
+    format_table,
     read_slake,
     read_synthetic_vqa,
     read_vqa_rad,
-    retrieval_metrics,
-    train_vqa,
-    zero_shot_classifier,
-    zero_shot_evaluate,
+    synthetic_class_prompts,
 )
 from unimlip_kit.utils.config import apply_overrides  # noqa: E402
 from unimlip_kit.utils.io import run_metadata, save_json  # noqa: E402
-from unimlip_kit.utils.seeding import make_generator, seed_everything  # noqa: E402
 
-TASKS = ("retrieval", "zero_shot", "linear_probe", "vqa")
 Tokenize = Callable[[list[str]], Mapping[str, torch.Tensor]]
-
-
-@dataclasses.dataclass
-class EvalConfig:
-    """Evaluation settings (override with ``--set key=value``)."""
-
-    tasks: list[str] = dataclasses.field(default_factory=lambda: list(TASKS))
-    seed: int = 0
-    batch_size: int = 64
-    num_workers: int = 0
-    #: split used for retrieval, zero-shot and as the probe's test split
-    eval_split: str = "test"
-    #: at most this many training images for the linear probe (None: all)
-    probe_train_limit: int | None = 2000
-    chunk_size: int = 2048
-    #: zero-shot prompts per (class, scene type) on the synthetic benchmark
-    prompts_per_scene: int = 3
-    vqa_epochs: int = 3
-    vqa_batch_size: int = 32
-    vqa_lr: float = 5e-5
-    vqa_head_lr: float = 1e-3
-    vqa_max_steps: int | None = None
-    #: at most this many training / test questions (None: all)
-    vqa_train_limit: int | None = 3000
-    vqa_test_limit: int | None = None
-
-
-# --------------------------------------------------------------------------- data
-def synthetic_class_prompts(prompts_per_scene: int = 3, seed: int = 0) -> tuple[list[str], list[list[str]]]:
-    """Class names and, per finding class, captions the synthetic generator writes for it in every scene type."""
-    from unimlip_kit.data.synth_render import SceneSpec
-    from unimlip_kit.data.synth_text import make_caption
-    from unimlip_kit.data.synthetic import FINDING_CLASSES, SCENE_TYPES
-
-    rng = np.random.default_rng(seed)
-    prompts: list[list[str]] = []
-    for name in FINDING_CLASSES:
-        attrs = () if name == "no_finding" else tuple(name.split("_"))
-        group = [
-            make_caption(SceneSpec(mod, reg, *attrs), rng, 0.0) for mod, reg in SCENE_TYPES for _ in range(prompts_per_scene)
-        ]
-        prompts.append(sorted(set(group)))
-    return list(FINDING_CLASSES), prompts
-
-
-def _loader(records: Sequence[Any], image_size: int, channels: int, cfg: EvalConfig):
-    from torch.utils.data import DataLoader
-
-    from unimlip_kit.data import ImageTextDataset
-
-    ds = ImageTextDataset(list(records), image_size=image_size, channels=channels)
-    return DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers, collate_fn=ds.collate_fn)
-
-
-def _subset(items: Sequence[Any], limit: int | None, seed: int, key: str) -> list[Any]:
-    """A deterministic random subset (order kept) of at most ``limit`` items."""
-    items = list(items)
-    if limit is None or len(items) <= limit:
-        return items
-    from unimlip_kit.utils.seeding import derive_seed
-
-    g = torch.Generator().manual_seed(derive_seed(seed, key))
-    keep = torch.randperm(len(items), generator=g)[:limit].sort().values.tolist()
-    return [items[i] for i in keep]
-
-
-# --------------------------------------------------------------------------- tasks
-def evaluate_model(
-    model: torch.nn.Module,
-    tokenize: Tokenize,
-    *,
-    train_records: Sequence[Any],
-    eval_records: Sequence[Any],
-    image_size: int,
-    channels: int = 1,
-    class_names: Sequence[str] | None = None,
-    class_prompts: Sequence[Sequence[str]] | None = None,
-    vqa_train: Sequence[Any] = (),
-    vqa_test: Sequence[Any] = (),
-    cfg: EvalConfig | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Run the enabled tasks and return ``{task: metrics}`` (a task that cannot run says why under ``"skipped"``)."""
-    cfg = cfg or EvalConfig()
-    unknown = set(cfg.tasks) - set(TASKS)
-    if unknown:
-        raise ValueError(f"unknown tasks {sorted(unknown)}; known: {list(TASKS)}")
-    seed_everything(cfg.seed)
-    out: dict[str, Any] = {"skipped": {}}
-    t0 = time.perf_counter()
-
-    need_eval = bool({"retrieval", "zero_shot", "linear_probe"} & set(cfg.tasks))
-    ev = None
-    if need_eval:
-        ev = encode_loader(model, tokenize, _loader(eval_records, image_size, channels, cfg),
-                           text="retrieval" in cfg.tasks, progress=progress, desc=f"embed {cfg.eval_split}")
-        out["eval_images"] = int(ev["image_emb"].shape[0])
-        out["eval_skipped"] = len(ev["skipped"])
-
-    if "retrieval" in cfg.tasks:
-        m = retrieval_metrics(ev["image_emb"], ev["text_emb"], chunk_size=cfg.chunk_size)
-        m["chance_R@1"] = 1.0 / ev["image_emb"].shape[0]
-        out["retrieval"] = m
-
-    labelled = ev is not None and bool((ev["labels"] >= 0).all()) and ev["labels"].numel() > 0
-    if "zero_shot" in cfg.tasks:
-        if not labelled:
-            out["skipped"]["zero_shot"] = "the evaluation records have no class labels"
-        elif class_prompts is None and class_names is None:
-            out["skipped"]["zero_shot"] = "no class names or prompts (pass --class-names)"
-        else:
-            from unimlip_kit.eval import encode_texts
-
-            def enc(texts: list[str]) -> torch.Tensor:
-                return encode_texts(model, tokenize, texts, batch_size=cfg.batch_size)
-
-            w = prompt_ensemble(enc, class_prompts) if class_prompts is not None else zero_shot_classifier(enc, class_names)
-            m = zero_shot_evaluate(ev["image_emb"], ev["labels"], w)
-            m["chance"] = 1.0 / w.shape[0]
-            out["zero_shot"] = m
-
-    if "linear_probe" in cfg.tasks:
-        train_sub = _subset(train_records, cfg.probe_train_limit, cfg.seed, "probe")
-        if not labelled or not train_sub:
-            out["skipped"]["linear_probe"] = "the records have no class labels"
-        else:
-            tr = encode_loader(model, tokenize, _loader(train_sub, image_size, channels, cfg), text=False,
-                               progress=progress, desc="embed probe train")
-            if bool((tr["labels"] < 0).any()):
-                out["skipped"]["linear_probe"] = "some training records have no class label"
-            else:
-                c = int(max(int(tr["labels"].max()), int(ev["labels"].max()))) + 1
-                out["linear_probe"] = linear_probe_evaluate(
-                    tr["image_emb"], tr["labels"], ev["image_emb"], ev["labels"], num_classes=c,
-                    generator=make_generator(cfg.seed),
-                )
-                out["linear_probe"]["train_images"] = int(tr["image_emb"].shape[0])
-
-    if "vqa" in cfg.tasks:
-        train_q = _subset(vqa_train, cfg.vqa_train_limit, cfg.seed, "vqa-train")
-        test_q = _subset(vqa_test, cfg.vqa_test_limit, cfg.seed, "vqa-test")
-        if not train_q or not test_q:
-            out["skipped"]["vqa"] = "no VQA questions (synthetic benchmark, --vqa-rad or --slake)"
-        else:
-            from unimlip_kit.data import SkipCounter
-
-            vocab = AnswerVocab.from_samples(train_q)
-            skips = SkipCounter()
-            backbone = copy.deepcopy(model)  # fine-tuning must not touch the caller's model
-            clf = VQAClassifier(backbone, len(vocab)).to(next(model.parameters()).device)
-            kw = dict(image_size=image_size, channels=channels, skips=skips)
-            losses = train_vqa(
-                clf, tokenize, VQADataset(train_q, vocab, **kw), epochs=cfg.vqa_epochs, batch_size=cfg.vqa_batch_size,
-                lr=cfg.vqa_lr, head_lr=cfg.vqa_head_lr, max_steps=cfg.vqa_max_steps,
-                generator=make_generator(cfg.seed), progress=progress,
-            )
-            m, _ = evaluate_vqa(clf, tokenize, VQADataset(test_q, vocab, **kw), batch_size=cfg.vqa_batch_size,
-                                progress=progress)
-            m.update(answers=len(vocab), train_questions=len(train_q), steps=len(losses),
-                     final_train_loss=losses[-1] if losses else float("nan"), skipped_images=skips.total,
-                     unseen_answer_fraction=sum(vocab.index(s.answer) < 0 for s in test_q) / len(test_q))
-            out["vqa"] = m
-    out["seconds"] = time.perf_counter() - t0
-    return out
-
-
-def format_table(metrics: Mapping[str, Any]) -> str:
-    """A small text table of the headline numbers."""
-    rows = []
-    if "retrieval" in metrics:
-        r = metrics["retrieval"]
-        for d in ("i2t", "t2i"):
-            rows.append((f"retrieval {d}", f"R@1 {r[d]['R@1']:.3f}  R@5 {r[d]['R@5']:.3f}  R@10 {r[d]['R@10']:.3f}  "
-                                           f"MedR {r[d]['median_rank']:.1f}  (chance R@1 {r['chance_R@1']:.4f})"))
-    if "zero_shot" in metrics:
-        z = metrics["zero_shot"]
-        rows.append(("zero-shot", f"acc {z['accuracy']:.3f}  balanced {z['balanced_accuracy']:.3f}  (chance {z['chance']:.3f})"))
-    if "linear_probe" in metrics:
-        p = metrics["linear_probe"]
-        rows.append(("linear probe", f"acc {p['accuracy']:.3f}  balanced {p['balanced_accuracy']:.3f}  (l2 {p['l2']:g})"))
-    if "vqa" in metrics:
-        v = metrics["vqa"]
-        rows.append(("VQA", f"acc {v['accuracy']:.3f}  closed {v['closed_accuracy']:.3f}  open {v['open_accuracy']:.3f}  "
-                            f"({v['n']} questions, {v['answers']} answers)"))
-    for task, why in metrics.get("skipped", {}).items():
-        rows.append((task, f"skipped: {why}"))
-    width = max((len(a) for a, _ in rows), default=0)
-    return "\n".join(f"{a:<{width}}  {b}" for a, b in rows)
 
 
 # --------------------------------------------------------------------------- run folder

@@ -38,6 +38,7 @@ from unimlip_kit.eval import (  # noqa: E402
     read_slake,
     read_synthetic_vqa,
     read_vqa_rad,
+    seeded_subset,
     train_vqa,
 )
 from unimlip_kit.utils.io import atomic_write, run_metadata, save_json  # noqa: E402
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         root = build_synthetic_dataset(rcfg.data.synthetic, rcfg.data.cache_dir, progress=progress)
         source, train_q, test_q = "synthetic", read_synthetic_vqa(root, "train", skips=skips), \
             read_synthetic_vqa(root, "test", skips=skips)
-    train_q = ev._subset(train_q, args.train_limit, args.seed, "vqa-train")
+    train_q = seeded_subset(train_q, args.train_limit, args.seed, "vqa-train")
     if not train_q or not test_q:
         raise SystemExit(f"no {source} questions found (train {len(train_q)}, test {len(test_q)})")
 

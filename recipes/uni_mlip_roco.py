@@ -46,12 +46,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from unimlip_kit.augment import MODALITIES as AUG_PRESETS
 from unimlip_kit.augment import CaptionAugment, LateralityAwareFlip, preset, swap_laterality
 from unimlip_kit.data import (ImageTextDataset, SkipCounter, SyntheticConfig, build_dataloader, build_synthetic_dataset,
                               group_ids_from_keys, normalize_caption, read_roco)
 from unimlip_kit.distributed import get_rank, get_world_size, is_distributed
-from unimlip_kit.eval import retrieval_metrics
+from unimlip_kit.eval import (SYNTHETIC_IMAGE_QUESTIONS, EvalConfig, evaluate_model, format_table, fused_metrics,
+                              read_synthetic_vqa, synthetic_class_prompts)
 from unimlip_kit.losses import DEFAULT_WEIGHTS, UniMlipLoss
 from unimlip_kit.models import UniMlipModel, UniMlipModelConfig
 from unimlip_kit.text import load_bundled_tokenizer, train_wordpiece_tokenizer
@@ -122,7 +122,6 @@ class TrainConfig:
     log_every: int = 10
     ckpt_every: int = 100
     keep_checkpoints: int = 2
-    eval_batch_size: int = 128
 
 
 @dataclass
@@ -142,6 +141,8 @@ class RecipeConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(
+        batch_size=128, vqa_epochs=2, vqa_train_limit=2000, vqa_question_types=list(SYNTHETIC_IMAGE_QUESTIONS)))
 
 
 def parse_args(argv: list[str] | None) -> tuple[RecipeConfig, argparse.Namespace]:
@@ -392,25 +393,43 @@ def find_checkpoint(run_dir: Path, resume: str) -> Path | None:
 # ----------------------------------------------------------------------------- evaluation and reporting
 
 
-@torch.no_grad()
-def evaluate_retrieval(model: UniMlipModel, dataset: ImageTextDataset, maker: BatchMaker, cfg: RecipeConfig,
-                       device: torch.device, skips: SkipCounter) -> dict[str, Any]:
-    """Image↔text Recall@K on the held-out split (no augmentation, all tokens, eval mode)."""
+def evaluate_run(model: UniMlipModel, cfg: RecipeConfig, maker: BatchMaker, train_recs, eval_recs, eval_ds,
+                 vqa: tuple[list, list], device: torch.device, skips: SkipCounter) -> dict[str, Any]:
+    """The held-out evaluation printed at the end of a run (eval mode, clean images, all tokens).
+
+    Retrieval (plain and meaning-level R@1, the ceiling), zero-shot and linear-probe accuracy over the
+    finding classes, VQA after fine-tuning beside the same head on an untrained model
+    (:func:`unimlip_kit.eval.evaluate_model`), and held-out ITM / MLM accuracy with hard negatives drawn
+    as in training (:func:`unimlip_kit.eval.fused_metrics`).
+    """
     model.eval()
-    loader = build_dataloader(dataset, cfg.train.eval_batch_size, shuffle=False, num_workers=cfg.data.num_workers)
-    img, txt = [], []
-    for batch in loader:
-        skips.update_from_batch(batch)
-        if not batch["ids"]:
-            continue
-        img.append(model.encode_image(batch["images"].to(device)).float().cpu())
-        t = maker.tokens(list(batch["captions"]))
-        txt.append(model.encode_text(t["input_ids"].to(device), t["attention_mask"].to(device)).float().cpu())
-    image_emb, text_emb = torch.cat(img), torch.cat(txt)
-    metrics = retrieval_metrics(image_emb, text_emb, ks=(1, 5, 10))
-    metrics["chance_R@1"] = 1.0 / image_emb.shape[0]
-    metrics["gallery"] = int(image_emb.shape[0])
-    return metrics
+
+    def tokenize(texts: list[str]) -> dict[str, torch.Tensor]:
+        return maker.tokens(list(texts))
+
+    synthetic = cfg.data.root is None
+    names, prompts = synthetic_class_prompts(cfg.eval.prompts_per_scene, cfg.eval.seed) if synthetic else (None, None)
+    ecfg = dataclasses.replace(cfg.eval, tasks=[t for t in cfg.eval.tasks if t != "vqa" or synthetic])
+    out = evaluate_model(model, tokenize, train_records=train_recs, eval_records=eval_recs,
+                         image_size=cfg.model.image_size, channels=cfg.model.image_channels, class_names=names,
+                         class_prompts=prompts, vqa_train=vqa[0], vqa_test=vqa[1], cfg=ecfg, progress=cfg.progress)
+    if "retrieval" in out:
+        out["retrieval"]["gallery"] = out["eval_images"]
+    fused = [t for t in ("itm", "mlm") if cfg.loss.weights.get(t, 0) > 0]
+    if fused:
+        loader = build_dataloader(eval_ds, cfg.train.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
+
+        def batches():
+            for raw in loader:
+                skips.update_from_batch(raw)
+                if len(raw["ids"]) >= 2:
+                    t = maker.tokens(list(raw["captions"]))
+                    yield {"images": raw["images"].to(device), "group_ids": raw["group_ids"].to(device),
+                           **{k: v.to(device) for k, v in t.items()}}
+
+        gen = torch.Generator(device=device).manual_seed(derive_seed(cfg.seed, "eval-fused"))
+        out["fused"] = fused_metrics(model, batches(), terms=tuple(fused), generator=gen)
+    return out
 
 
 def plot_losses(history: list[dict[str, float]], path: Path) -> None:
@@ -445,13 +464,19 @@ def write_csv(history: list[dict[str, float]], path: Path) -> None:
 
 
 def summary_table(metrics: dict[str, Any]) -> str:
-    r = metrics["retrieval"]
-    lines = ["| direction | R@1 | R@5 | R@10 | median rank |", "|---|---|---|---|---|"]
-    for d in ("i2t", "t2i"):
-        m = r[d]
-        lines.append(f"| {d} | {m['R@1']:.3f} | {m['R@5']:.3f} | {m['R@10']:.3f} | {m['median_rank']:.0f} |")
-    lines.append(f"\nchance R@1 = {r['chance_R@1']:.4f} (gallery {r['gallery']}); "
-                 f"train pairs {metrics['data']['train_pairs']}, skipped {metrics['data']['skipped']}; "
+    """The run's headline numbers as Markdown (``summary.md``)."""
+    lines = []
+    if "retrieval" in metrics:
+        r = metrics["retrieval"]
+        lines += ["| direction | R@1 | R@5 | R@10 | median rank | meaning-level R@1 |", "|---|---|---|---|---|---|"]
+        for d in ("i2t", "t2i"):
+            m = r[d]
+            lines.append(f"| {d} | {m['R@1']:.3f} | {m['R@5']:.3f} | {m['R@10']:.3f} | {m['median_rank']:.0f} | "
+                         f"{r.get(f'{d}_R@1_meaning', float('nan')):.3f} |")
+        ceiling = f", ceiling R@1 {r['ceiling_R@1']:.3f} ({r['distinct_meanings']} meanings)" if "ceiling_R@1" in r else ""
+        lines.append(f"\nchance R@1 = {r['chance_R@1']:.4f} (gallery {r['gallery']}){ceiling}\n")
+    lines.append("```\n" + format_table(metrics["eval"]) + "\n```\n")
+    lines.append(f"train pairs {metrics['data']['train_pairs']}, skipped {metrics['data']['skipped']}; "
                  f"{metrics['train']['steps']} steps in {metrics['train']['wall_s']:.0f} s")
     return "\n".join(lines)
 
@@ -474,6 +499,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     skips = SkipCounter()
     train_recs = load_records(cfg, cfg.data.train_split, skips, cfg.data.limit_train)
     eval_recs = load_records(cfg, cfg.data.eval_split, skips, cfg.data.limit_eval)
+    vqa: tuple[list, list] = ([], [])
+    if cfg.data.root is None and "vqa" in cfg.eval.tasks and rank == 0:  # the synthetic questions (cached set)
+        syn_root = build_synthetic_dataset(cfg.data.synthetic, cfg.data.cache_dir)
+        vqa = (read_synthetic_vqa(syn_root, cfg.data.train_split), read_synthetic_vqa(syn_root, cfg.data.eval_split))
     tokenizer = build_tokenizer(cfg, [r.caption for r in train_recs], run_dir)
     if is_distributed():
         dist.barrier()  # rank 0 saved the WordPiece vocabulary
@@ -600,11 +629,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # ---- evaluate and report (rank 0)
     metrics: dict[str, Any] = {}
     if rank == 0:
-        retrieval = evaluate_retrieval(model, eval_ds, maker, cfg, device, skips)
+        t_eval = time.time()
+        evaluation = evaluate_run(model, cfg, maker, train_recs, eval_recs, eval_ds, vqa, device, skips)
+        evaluation["seconds"] = time.time() - t_eval
         metrics = {
-            "retrieval": retrieval,
+            "retrieval": evaluation.get("retrieval", {}),
+            "eval": evaluation,
             "data": {"train_pairs": len(train_recs) - sum(1 for r in train_recs if r.id in skips),
-                     "eval_pairs": retrieval["gallery"], "skipped": skips.total, "skipped_detail": skips.to_dict()},
+                     "eval_pairs": evaluation.get("eval_images", 0), "skipped": skips.total,
+                     "skipped_detail": skips.to_dict()},
             "train": {"steps": step, "wall_s": train_wall, "pairs_per_s_this_session": pairs_seen / max(train_wall, 1e-9),
                       "terms": terms, "parameters": n_params, "world_size": world, "device": str(device),
                       "final_losses": history[-1] if history else {}},
@@ -615,9 +648,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if history:
             write_csv(history, run_dir / "log.csv")
             plot_losses(history, run_dir / "loss_curves.png")
-        table = summary_table(metrics)
-        atomic_write(run_dir / "summary.md", table + "\n")
-        print("\n" + table + "\n" + skips.summary(), flush=True)
+        atomic_write(run_dir / "summary.md", summary_table(metrics) + "\n")
+        print("\n" + format_table(evaluation) + "\n" + skips.summary(), flush=True)
         print(f"[done] run folder: {run_dir}", flush=True)
     if is_distributed():
         dist.barrier()

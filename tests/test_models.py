@@ -164,7 +164,7 @@ def test_bad_config_and_batch_raise():
         UniMlipModel(tiny(logit_scale_max=200.0))
     with pytest.raises(ValueError, match="image_keep_ratio"):
         UniMlipModel(tiny(image_keep_ratio=0.0))
-    with pytest.raises(ValueError, match="text_pool must be 'cls' or 'mean'"):
+    with pytest.raises(ValueError, match="text_pool must be one of 'attn', 'cls', 'mean'"):
         UniMlipModel(tiny(text_pool="max"))
     model = UniMlipModel(tiny())
     with pytest.raises(ValueError, match="unknown loss terms"):

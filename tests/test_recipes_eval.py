@@ -18,7 +18,7 @@ TINY = [
     "model.vision_width=32", "model.text_width=32", "model.vision_layers=1", "model.text_layers=1",
     "model.vision_heads=2", "model.text_heads=2", "model.fusion_heads=2", "model.embed_dim=16", "model.ssl_dim=16",
     "model.max_text_len=32", "wordpiece_vocab=200", "train.batch_size=8", "train.warmup_steps=2",
-    "train.log_every=1", "train.eval_batch_size=16",
+    "train.log_every=1", "eval.batch_size=16", "eval.vqa_max_steps=2", "eval.vqa_train_limit=32", "eval.probe_train_limit=48",
 ]
 EVAL_TINY = ["--no-progress", "--set", "vqa_max_steps=3", "--set", "vqa_batch_size=16", "--set", "batch_size=16",
              "--set", "prompts_per_scene=1"]

@@ -116,7 +116,9 @@ def make_qa(spec: SceneSpec, rng: np.random.Generator) -> list[dict[str, str]]:
     """Closed (yes/no) and open question–answer pairs about ``spec`` for VQA.
 
     Each item: ``question``, ``answer``, ``answer_type`` (``"closed"``/``"open"``)
-    and ``question_type`` (``presence``, ``modality``, ``region``, ``side``, ``size``, ``density``).
+    and ``question_type`` (``presence``, ``modality``, ``region``, ``side``, ``level``, ``size``, ``density``).
+    Only the lesion questions (``side``, ``level``, ``size``, ``density``) need more than the
+    image's global appearance: modality and region are visible from intensity statistics alone.
 
     Example:
         >>> qa = make_qa(SceneSpec("ultrasound", "liver", "right", "lower", "small", "hyper"), np.random.default_rng(0))
@@ -137,6 +139,9 @@ def make_qa(spec: SceneSpec, rng: np.random.Generator) -> list[dict[str, str]]:
         side = str(rng.choice(["left", "right"]))
         add(f"Is the lesion on the patient's {side} side?", "yes" if side == spec.side else "no", "closed", "side")
         add("On which side is the lesion?", spec.side, "open", "side")
+        level = str(rng.choice(["upper", "lower"]))
+        add(f"Is the lesion in the {level} part of the image?", "yes" if level == spec.level else "no", "closed", "level")
+        add("Is the lesion in the upper or lower part?", spec.level, "open", "level")
         add("Is the lesion large?", "yes" if spec.size == "large" else "no", "closed", "size")
         add("What is the size of the lesion?", spec.size, "open", "size")
         hyper, hypo = DENSITY_WORDS[spec.modality]

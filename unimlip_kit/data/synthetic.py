@@ -70,7 +70,7 @@ __all__ = [
 ]
 
 #: Bump whenever rendering or captions change: it is part of the cache key.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 #: (modality, region) pairs the generator can draw.
 SCENE_TYPES: tuple[tuple[str, str], ...] = tuple(LESION_SITES)
 _ATTRS = (("left", "right"), ("upper", "lower"), ("small", "large"), ("hyper", "hypo"))

@@ -108,7 +108,8 @@ class VQAClassifier(nn.Module):
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         img = self.backbone.image_tokens(images)
         txt = self.backbone.text_hidden(input_ids, attention_mask)
-        fused = self.backbone.fusion(txt, attention_mask, img)
+        fuse = getattr(self.backbone, "fuse", None)  # UniMlipModel.fuse adds the pooled features, as in pre-training
+        fused = fuse(txt, attention_mask, img) if fuse is not None else self.backbone.fusion(txt, attention_mask, img)
         if attention_mask is None:
             mean = fused.mean(1)
         else:

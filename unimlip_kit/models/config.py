@@ -16,13 +16,16 @@ class UniMlipModelConfig:
         image_model: Hugging Face hub id or local folder of a pretrained vision model
             (``AutoModel``, e.g. a ViT); ``None`` builds a ViT from the fields below.
         text_model: hub id or local folder of a pretrained BERT-like text model; ``None`` builds one.
-        image_size, patch_size, image_channels: the built ViT's input (grey radiographs: 1 channel).
+        image_tower: the built image backbone, ``"vit"``, ``"resnet"`` or ``"convnext"``
+            (:func:`~unimlip_kit.models.towers.build_image_tower`); ignored when ``image_model`` is set.
+        image_size, patch_size, image_channels: the built tower's input (grey radiographs: 1 channel).
         vision_width, vision_layers, vision_heads: the built ViT's size.
-        image_pool, text_pool: the tower's global feature for ITC and the SSL heads: ``"mean"`` of the
-            patch tokens / real text tokens (default) or ``"cls"`` (the first token). On the synthetic
-            benchmark, towers trained from scratch with [CLS] pooling learn modality and region but not
-            the lesion's side, level, size or density in 500 steps (a [CLS] must first learn where to
-            attend); mean pooling lets every word and patch reach the embedding from the first step.
+        cnn_hidden_sizes, cnn_depths: the built ResNet/ConvNeXt's stage widths and blocks per stage.
+        image_pool, text_pool: the tower's global feature for ITC and the SSL heads: ``"attn"``
+            (learned-query attention pooling, :class:`~unimlip_kit.models.pooling.AttentionPool`),
+            ``"mean"`` of the patch tokens / real text tokens, or ``"cls"`` (the first token; ViT only
+            for images). Measurements behind the defaults are in docs/ARCHITECTURE.md.
+        pool_heads: heads of the attention pooling.
         vocab_size, max_text_len: the built text model's vocabulary (set from the tokenizer) and positions.
         text_width, text_layers, text_heads: the built text model's size.
         pad_token_id: the tokenizer's padding id (the built text model's embedding padding index).
@@ -30,6 +33,8 @@ class UniMlipModelConfig:
         proj_hidden: hidden size of the projection MLPs (0 = linear projection).
         ssl_dim: output size of the image self-supervision projector (NT-Xent / SimSiam).
         fusion_layers, fusion_heads: the cross-attention fusion encoder (width = text width).
+        fusion_global: the pooled image feature joins the fusion's image tokens and the pooled text
+            feature replaces the text [CLS] state (:meth:`UniMlipModel.fuse`).
         dropout: dropout of the built towers and of the fusion encoder (SimCSE needs > 0).
         logit_scale_init, logit_scale_max: CLIP's temperature, clamped at ``logit_scale_max`` (≤ 100).
         image_keep_ratio: FLIP-style fraction of patch tokens kept in the feature-level image view
@@ -52,14 +57,18 @@ class UniMlipModelConfig:
 
     image_model: str | None = None
     text_model: str | None = None
+    image_tower: str = "vit"
     image_size: int = 64
     patch_size: int = 8
     image_channels: int = 1
     vision_width: int = 128
     vision_layers: int = 2
     vision_heads: int = 4
+    cnn_hidden_sizes: list[int] = field(default_factory=lambda: [32, 64, 128])
+    cnn_depths: list[int] = field(default_factory=lambda: [1, 1, 1])
     image_pool: Literal["attn", "mean", "cls"] = "mean"
     text_pool: Literal["attn", "mean", "cls"] = "mean"
+    pool_heads: int = 4
     vocab_size: int = 1000
     max_text_len: int = 64
     text_width: int = 128
@@ -71,6 +80,7 @@ class UniMlipModelConfig:
     ssl_dim: int = 128
     fusion_layers: int = 1
     fusion_heads: int = 4
+    fusion_global: bool = True
     dropout: float = 0.1
     logit_scale_init: float = 1 / 0.07
     logit_scale_max: float = 100.0

@@ -32,7 +32,8 @@ from unimlip_kit.losses.logit_scale import LogitScale
 from unimlip_kit.models.config import UniMlipModelConfig
 from unimlip_kit.models.fusion import FusionEncoder
 from unimlip_kit.models.heads import ITMHead, MLMHead, ProjectionHead
-from unimlip_kit.models.towers import build_image_tower, build_text_tower, keep_tokens, tower_width
+from unimlip_kit.models.pooling import POOLINGS, TokenPool
+from unimlip_kit.models.towers import ImageTower, build_image_tower, build_text_tower, tower_width
 from unimlip_kit.losses.feature_views import random_token_keep
 from unimlip_kit.losses.itm import build_itm_pairs
 from unimlip_kit.ops.hard_negatives import sample_hard_negatives
@@ -73,11 +74,16 @@ class UniMlipModel(nn.Module):
         if cfg.logit_scale_max > 100:
             raise ValueError(f"logit_scale_max must be <= 100 (CLIP's clamp), got {cfg.logit_scale_max}")
         for name in ("image_pool", "text_pool"):
-            if getattr(cfg, name) not in ("cls", "mean"):
-                raise ValueError(f"{name} must be 'cls' or 'mean', got {getattr(cfg, name)!r}")
-        self.image_tower = build_image_tower(cfg)
+            if getattr(cfg, name) not in POOLINGS:
+                raise ValueError(f"{name} must be one of {', '.join(repr(p) for p in POOLINGS)}, got {getattr(cfg, name)!r}")
+        self.image_tower = ImageTower(build_image_tower(cfg), cfg.image_size, cfg.image_channels)
+        if cfg.image_pool == "cls" and not self.image_tower.has_cls:
+            raise ValueError("image_pool='cls' needs a ViT-like tower with a [CLS] token; "
+                             "a convolutional tower pools with 'attn' or 'mean'")
         self.text_tower = build_text_tower(cfg)
         vw, tw = tower_width(self.image_tower), tower_width(self.text_tower)
+        self.image_pool = TokenPool(cfg.image_pool, vw, skip_first=self.image_tower.has_cls, heads=cfg.pool_heads)
+        self.text_pool = TokenPool(cfg.text_pool, tw, heads=cfg.pool_heads)
         self.image_proj = ProjectionHead(vw, cfg.embed_dim, cfg.proj_hidden)
         self.text_proj = ProjectionHead(tw, cfg.embed_dim, cfg.proj_hidden)
         self.image_ssl_proj = ProjectionHead(vw, cfg.ssl_dim, hidden=vw, normalize=False)
@@ -94,25 +100,24 @@ class UniMlipModel(nn.Module):
 
     # ------------------------------------------------------------------ towers
     def image_tokens(self, images: torch.Tensor, keep_index: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, 1 + P', W) image tokens ([CLS] first); ``keep_index`` (B, K) keeps only those patches."""
+        """(B, T, W) image tokens (ViT: [CLS] first; CNN: the flattened feature map); ``keep_index`` (B, K) keeps those patches."""
         if images.dim() != 4:
             raise ValueError(f"images must be (B, C, H, W), got {tuple(images.shape)}")
         x = (images - self.config.pixel_mean) / self.config.pixel_std
-        want = int(getattr(self.image_tower.config, "num_channels", x.shape[1]))
+        want = self.image_tower.channels
         if x.shape[1] != want:
             if x.shape[1] == 1:
                 x = x.expand(-1, want, -1, -1)
             else:
                 raise ValueError(f"images have {x.shape[1]} channels but the image tower expects {want}")
-        with keep_tokens(self.image_tower, keep_index):
-            return self.image_tower(pixel_values=x).last_hidden_state
+        return self.image_tower(x, keep_index)
 
     def text_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """(B, L, W) text token states ([CLS] first)."""
         return self.text_tower(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
     def pool_image(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, W) image feature: the [CLS] token (``image_pool="cls"``) or the mean of the patch tokens (``"mean"``).
+        """(B, W) image feature: [CLS] (``image_pool="cls"``), the mean of the patch tokens (``"mean"``) or attention pooling (``"attn"``).
 
         Example:
             >>> model = UniMlipModel(UniMlipModelConfig(vision_layers=1, text_layers=1, vision_width=32, text_width=32,
@@ -121,10 +126,10 @@ class UniMlipModel(nn.Module):
             >>> model.pool_image(tokens).tolist()
             [[3.0, 4.0]]
         """
-        return tokens[:, 0] if self.config.image_pool == "cls" else tokens[:, 1:].mean(dim=1)
+        return self.image_pool(tokens)
 
     def pool_text(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """(B, W) text feature: [CLS] (``text_pool="cls"``) or the mean over real tokens (``"mean"``, Sentence-BERT).
+        """(B, W) text feature: [CLS] (``text_pool="cls"``), the mean over real tokens (``"mean"``, Sentence-BERT) or ``"attn"``.
 
         Mean pooling lets every word reach the embedding from the first step (a
         from-scratch [CLS] must first learn to attend to "left" or "hypodense").
@@ -136,19 +141,14 @@ class UniMlipModel(nn.Module):
             >>> model.pool_text(hidden, torch.tensor([[1, 1, 0]])).tolist()
             [[2.0]]
         """
-        if self.config.text_pool == "cls":
-            return hidden[:, 0]
-        if attention_mask is None:
-            return hidden.mean(dim=1)
-        w = attention_mask.to(hidden.dtype).unsqueeze(-1)
-        return (hidden * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
+        return self.text_pool(hidden, attention_mask)
 
     def random_keep_index(self, batch: int, patches: int, device: torch.device,
                           generator: torch.Generator | None = None) -> torch.Tensor | None:
         """FLIP's per-sample random subset of ``floor(ratio * P)`` patch indices (None when keeping all).
 
-        Drawn with :func:`unimlip_kit.losses.random_token_keep`; the [CLS] token is always kept by
-        :func:`~unimlip_kit.models.towers.keep_tokens`.
+        Drawn with :func:`unimlip_kit.losses.random_token_keep`; a ViT's [CLS] token is always kept by
+        :func:`~unimlip_kit.models.towers.keep_tokens`; a CNN keeps those positions of its feature map.
         """
         if self.config.image_keep_ratio >= 1:
             return None
@@ -157,11 +157,33 @@ class UniMlipModel(nn.Module):
         return kept.index.to(device)
 
     def _num_patches(self) -> int:
-        emb = getattr(self.image_tower, "embeddings", None)
-        n = getattr(getattr(emb, "patch_embeddings", None), "num_patches", None)
-        if n is None:
+        if not self.image_tower.num_patches:
             raise ValueError("cannot find the number of patches of the image tower for token keeping")
-        return int(n)
+        return self.image_tower.num_patches
+
+    def fuse(self, text_hidden: torch.Tensor, text_mask: torch.Tensor | None, image_tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L, W) fused text states: ``text_hidden`` cross-attending to ``image_tokens`` in the fusion encoder.
+
+        With ``config.fusion_global`` (default) the towers' pooled features enter the fusion
+        too: the pooled image feature is prepended to the image tokens as one more key, and the
+        pooled text feature replaces the text [CLS] state that the ITM head reads. Towers that
+        pool by mean or attention never train their [CLS] states through ITC, so without this
+        the fused [CLS] starts from an untrained token; with it, the fusion compares the two
+        global features ITC has already aligned from its first layer (measurements in
+        docs/ARCHITECTURE.md).
+
+        Example:
+            >>> m = UniMlipModel(UniMlipModelConfig(vision_layers=1, text_layers=1, vision_width=32, text_width=32,
+            ...                                     vision_heads=2, text_heads=2, fusion_heads=2, vocab_size=40))
+            >>> ids, mask = torch.randint(0, 40, (2, 5)), torch.ones(2, 5, dtype=torch.long)
+            >>> m.fuse(m.text_hidden(ids, mask), mask, m.image_tokens(torch.rand(2, 1, 64, 64))).shape
+            torch.Size([2, 5, 32])
+        """
+        if self.config.fusion_global:
+            image_tokens = torch.cat([self.pool_image(image_tokens).unsqueeze(1), image_tokens], dim=1)
+            pooled = self.pool_text(text_hidden, text_mask)
+            text_hidden = torch.cat([pooled.unsqueeze(1), text_hidden[:, 1:]], dim=1)
+        return self.fusion(text_hidden, text_mask, image_tokens)
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -249,12 +271,12 @@ class UniMlipModel(nn.Module):
                 ids=batch.get("group_ids"), generator=generator,
             )
             pairs = build_itm_pairs(img_tokens, ids, mask, t4i, i4t)
-            fused = self.fusion(txt_hidden[pairs.text_index], pairs.text_mask, pairs.image)
+            fused = self.fuse(txt_hidden[pairs.text_index], pairs.text_mask, pairs.image)
             out["itm_logits"] = self.itm_head(fused[:, 0])
             out["itm_labels"] = pairs.labels
         if "mlm" in terms:
             mlm_ids, mlm_labels = self._masked(batch, generator)
-            fused = self.fusion(self.text_hidden(mlm_ids, mask), mask, img_tokens)
+            fused = self.fuse(self.text_hidden(mlm_ids, mask), mask, img_tokens)
             selected = mlm_labels != -100
             out["mlm_logits"] = self.mlm_head(fused[selected])
             out["mlm_labels"] = mlm_labels[selected]
