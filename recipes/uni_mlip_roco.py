@@ -359,7 +359,7 @@ class StepStream:
 
 
 def save_checkpoint(run_dir: Path, step: int, model: nn.Module, opt, sched, stream: StepStream,
-                    skips: SkipCounter, history: list[dict[str, float]], keep: int) -> None:
+                    skips: SkipCounter, history: list[dict[str, float]], keep: int, used: set[str]) -> None:
     """``checkpoints/step_<n>/``: safetensors weights + ``state.pt``; written atomically, then the old ones pruned."""
     from safetensors.torch import save
 
@@ -368,7 +368,7 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, opt, sched, stre
     state = {
         "step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "data": stream.position(),
         "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-        "skipped": skips.items(), "history": history,
+        "skipped": skips.items(), "history": history, "used_pairs": sorted(used),
     }
     import io
 
@@ -539,6 +539,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # ---- resume
     step, history = 0, []
+    used: set[str] = set()  # ids of the training pairs that entered a usable micro-batch (this rank)
     stream = StepStream(loader)
     ckpt = find_checkpoint(run_dir, args.resume) if args.resume else None
     if args.resume and ckpt is None:
@@ -552,6 +553,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"]["torch"])
         step, history = int(state["step"]), list(state["history"])
+        used.update(state.get("used_pairs", []))
         stream = StepStream(loader, state["data"]["epoch"], state["data"]["batches_done"])
         for reason, ids in state["skipped"].items():
             for item_id, detail in ids.items():
@@ -599,6 +601,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 total, parts = loss_fn(outputs)
                 (total / cfg.train.grad_accum).backward()
             pairs_seen += len(raw["ids"]) * world
+            used.update(raw["ids"])
             for k, v in {"total": total.detach(), **parts}.items():
                 acc[k] = acc.get(k, 0.0) + float(v) / cfg.train.grad_accum
         if cfg.train.grad_clip > 0:
@@ -613,15 +616,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if acc and (step % cfg.train.log_every == 0 or step == cfg.train.max_steps):  # acc is empty if every batch was unusable
             row = {"step": step, "lr": sched.get_last_lr()[0], "logit_scale": float(model.logit_scale().detach()), **acc}
             history.append(row)
+        if not used and (step % cfg.train.ckpt_every == 0 or step == cfg.train.max_steps):
+            raise RuntimeError(f"no usable training batch in {step} steps (every micro-batch had fewer than 2 readable "
+                               f"pairs): {skips.summary()}; nothing was saved")
         if rank == 0 and (step % cfg.train.ckpt_every == 0 or step == cfg.train.max_steps):
-            save_checkpoint(run_dir, step, model, opt, sched, stream, skips, history, cfg.train.keep_checkpoints)
+            save_checkpoint(run_dir, step, model, opt, sched, stream, skips, history, cfg.train.keep_checkpoints, used)
     if bar is not None:
         bar.close()
     train_wall = time.time() - t_train
-    if is_distributed():  # every rank decoded its own shard: merge what they skipped
+    if is_distributed():  # every rank decoded its own shard: merge what they skipped and which pairs they used
         gathered: list[Any] = [None] * world
-        dist.all_gather_object(gathered, skips.items())
-        for items in gathered:
+        dist.all_gather_object(gathered, (skips.items(), sorted(used)))
+        for items, ids_used in gathered:
+            used.update(ids_used)
             for reason, ids in items.items():
                 for item_id, detail in ids.items():
                     skips.add(item_id, reason, detail)
@@ -635,7 +642,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         metrics = {
             "retrieval": evaluation.get("retrieval", {}),
             "eval": evaluation,
-            "data": {"train_pairs": len(train_recs) - sum(1 for r in train_recs if r.id in skips),
+            "data": {"train_pairs": len(used),
+                     "train_pairs_available": len(train_recs) - sum(1 for r in train_recs if r.id in skips),
                      "eval_pairs": evaluation.get("eval_images", 0), "skipped": skips.total,
                      "skipped_detail": skips.to_dict()},
             "train": {"steps": step, "wall_s": train_wall, "pairs_per_s_this_session": pairs_seen / max(train_wall, 1e-9),

@@ -52,7 +52,8 @@ def test_main_writes_the_run_folder(tmp_path, cache):
             assert 0.0 <= r[d][k] <= 1.0
         assert r[d]["R@1"] <= r[d]["R@5"] <= r[d]["R@10"]
     assert r["chance_R@1"] == pytest.approx(1 / 24)
-    assert metrics["data"] == {**metrics["data"], "train_pairs": 48, "skipped": 0}
+    # 3 steps of 8 pairs used 24 distinct pairs of the 48 readable ones
+    assert metrics["data"] == {**metrics["data"], "train_pairs": 24, "train_pairs_available": 48, "skipped": 0}
     header = (out / "log.csv").read_text().splitlines()[0].split(",")
     assert {"itc", "itc_feature", "image_ssl", "text_ssl", "itm", "mlm", "total"} <= set(header)
     assert len((out / "log.csv").read_text().splitlines()) == 1 + 3
@@ -97,6 +98,19 @@ def test_corrupt_image_is_skipped_and_counted(tmp_path, cache):
     assert metrics["data"]["skipped"] == 1
     assert metrics["data"]["skipped_detail"]["by_reason"] == {"corrupt_image": 1}
     assert metrics["data"]["train_pairs"] == 15
+
+
+def test_a_run_whose_every_image_is_corrupt_fails_naming_the_skips(tmp_path, cache):
+    from unimlip_kit.data import SyntheticConfig, build_synthetic_dataset
+
+    built = build_synthetic_dataset(SyntheticConfig(n_train=16, n_validation=2, n_test=8, image_size=32), cache)
+    roco = tmp_path / "roco"
+    shutil.copytree(built, roco)
+    for img in (roco / "data" / "train" / "radiology" / "images").iterdir():
+        img.write_bytes(b"not an image")
+    with pytest.raises(RuntimeError, match="no usable training batch.*corrupt_image"):
+        _recipe().main(TINY + ["--data-root", str(roco), "--max-steps", "3", "--output-dir", str(tmp_path / "run")])
+    assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
 
 
 def test_torchrun_two_processes_on_cpu(tmp_path, cache):

@@ -103,6 +103,11 @@ class UniMlipModel(nn.Module):
         """(B, T, W) image tokens (ViT: [CLS] first; CNN: the flattened feature map); ``keep_index`` (B, K) keeps those patches."""
         if images.dim() != 4:
             raise ValueError(f"images must be (B, C, H, W), got {tuple(images.shape)}")
+        if not images.dtype.is_floating_point:
+            # uint8/uint16 images are scaled to [0, 1] (x / 255, x / 65535), as the data readers do
+            if images.dtype not in (torch.uint8, torch.uint16):
+                raise ValueError(f"images must be float in [0, 1], uint8 or uint16, got {images.dtype}")
+            images = images.float() / (255.0 if images.dtype == torch.uint8 else 65535.0)
         x = (images - self.config.pixel_mean) / self.config.pixel_std
         want = self.image_tower.channels
         if x.shape[1] != want:
@@ -113,7 +118,39 @@ class UniMlipModel(nn.Module):
         return self.image_tower(x, keep_index)
 
     def text_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """(B, L, W) text token states ([CLS] first)."""
+        """(B, L, W) text token states ([CLS] first).
+
+        Token ids must lie in ``[0, vocab_size)`` and a caption may hold at most the text tower's
+        position count (``max_text_len`` for a built tower): tokenise with ``truncation=True`` and
+        ``max_length=config.max_text_len``.
+
+        Example:
+            >>> m = UniMlipModel(UniMlipModelConfig(vision_layers=1, text_layers=1, vocab_size=40, max_text_len=8))
+            >>> m.text_hidden(torch.full((1, 3), 40), None)
+            Traceback (most recent call last):
+            ...
+            ValueError: input_ids hold ids up to 40 but the text tower's vocabulary has 40 entries (valid ids 0..39); was the caption tokenised with another tokenizer?
+            >>> m.text_hidden(torch.zeros(1, 9, dtype=torch.long), None)
+            Traceback (most recent call last):
+            ...
+            ValueError: input_ids have 9 tokens but the text tower has 8 positions; tokenise with truncation=True, max_length=8
+        """
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (B, L), got shape {tuple(input_ids.shape)}")
+        if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
+            raise ValueError(f"input_ids must be integer token ids, got {input_ids.dtype}")
+        if input_ids.numel() and input_ids.device.type != "meta":
+            lo, hi = int(input_ids.min()), int(input_ids.max())
+            if lo < 0 or hi >= self.vocab_size:
+                raise ValueError(f"input_ids hold ids up to {hi if hi >= self.vocab_size else lo} but the text tower's "
+                                 f"vocabulary has {self.vocab_size} entries (valid ids 0..{self.vocab_size - 1}); "
+                                 f"was the caption tokenised with another tokenizer?")
+        positions = int(getattr(self.text_tower.config, "max_position_embeddings", input_ids.shape[1]))
+        if input_ids.shape[1] > positions:
+            raise ValueError(f"input_ids have {input_ids.shape[1]} tokens but the text tower has {positions} positions; "
+                             f"tokenise with truncation=True, max_length={positions}")
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask {tuple(attention_mask.shape)} must match input_ids {tuple(input_ids.shape)}")
         return self.text_tower(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
     def pool_image(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -190,10 +227,15 @@ class UniMlipModel(nn.Module):
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Unit-norm joint-space image embeddings (B, embed_dim), all tokens kept.
 
+        ``images`` are float in [0, 1], or uint8 / uint16, which are scaled to [0, 1] first.
+
         Example:
-            >>> m = UniMlipModel(UniMlipModelConfig(vision_layers=1, text_layers=1, vocab_size=40))
+            >>> m = UniMlipModel(UniMlipModelConfig(vision_layers=1, text_layers=1, vocab_size=40)).eval()
             >>> m.encode_image(torch.rand(2, 1, 64, 64)).shape
             torch.Size([2, 128])
+            >>> u8 = torch.randint(0, 256, (1, 1, 64, 64), dtype=torch.uint8)
+            >>> torch.allclose(m.encode_image(u8), m.encode_image(u8.float() / 255), atol=1e-6)
+            True
         """
         return self.image_proj(self.pool_image(self.image_tokens(images)))
 
