@@ -32,6 +32,7 @@ from unimlip_kit.losses.logit_scale import LogitScale
 from unimlip_kit.models.config import UniMlipModelConfig
 from unimlip_kit.models.fusion import FusionEncoder
 from unimlip_kit.models.heads import ITMHead, MLMHead, ProjectionHead
+from unimlip_kit.models.hub import UniMlipHubMixin
 from unimlip_kit.models.pooling import POOLINGS, TokenPool
 from unimlip_kit.models.towers import ImageTower, build_image_tower, build_text_tower, tower_width
 from unimlip_kit.losses.feature_views import random_token_keep
@@ -44,7 +45,7 @@ __all__ = ["TERMS", "UniMlipModel"]
 TERMS = ("itc", "itc_feature", "image_ssl", "text_ssl", "itm", "mlm")
 
 
-class UniMlipModel(nn.Module):
+class UniMlipModel(nn.Module, UniMlipHubMixin):
     """The Uni-Mlip dual encoder with a fusion encoder; see the module docstring for the output contract.
 
     Batch keys: ``images`` (B, C, H, W) in [0, 1] (view 1), optional
@@ -66,7 +67,9 @@ class UniMlipModel(nn.Module):
         (['image_emb', 'itm_labels', 'itm_logits', 'logit_scale', 'text_emb'], torch.Size([4, 16]), torch.Size([12, 2]))
     """
 
-    def __init__(self, config: UniMlipModelConfig | None = None) -> None:
+    def __init__(self, config: UniMlipModelConfig | None = None, *, image_backbone: nn.Module | None = None,
+                 text_backbone: nn.Module | None = None) -> None:
+        # image_backbone/text_backbone: prebuilt towers (from_pretrained rebuilds a saved folder's from their configs)
         super().__init__()
         cfg = self.config = config or UniMlipModelConfig()
         if not 0.0 < cfg.image_keep_ratio <= 1.0:
@@ -76,11 +79,12 @@ class UniMlipModel(nn.Module):
         for name in ("image_pool", "text_pool"):
             if getattr(cfg, name) not in POOLINGS:
                 raise ValueError(f"{name} must be one of {', '.join(repr(p) for p in POOLINGS)}, got {getattr(cfg, name)!r}")
-        self.image_tower = ImageTower(build_image_tower(cfg), cfg.image_size, cfg.image_channels)
+        backbone = image_backbone if image_backbone is not None else build_image_tower(cfg)
+        self.image_tower = ImageTower(backbone, cfg.image_size, cfg.image_channels)
         if cfg.image_pool == "cls" and not self.image_tower.has_cls:
             raise ValueError("image_pool='cls' needs a ViT-like tower with a [CLS] token; "
                              "a convolutional tower pools with 'attn' or 'mean'")
-        self.text_tower = build_text_tower(cfg)
+        self.text_tower = text_backbone if text_backbone is not None else build_text_tower(cfg)
         vw, tw = tower_width(self.image_tower), tower_width(self.text_tower)
         self.image_pool = TokenPool(cfg.image_pool, vw, skip_first=self.image_tower.has_cls, heads=cfg.pool_heads)
         self.text_pool = TokenPool(cfg.text_pool, tw, heads=cfg.pool_heads)
