@@ -17,6 +17,7 @@ The transforms also work inside ``kornia.augmentation.AugmentationSequential``
 (masks are resampled with nearest neighbour).
 """
 
+from unimlip_kit.augment import _kornia_compat  # noqa: F401  (first: the kornia version check)
 from unimlip_kit.augment.bias_field import RandomBiasField
 from unimlip_kit.augment.blur_sharpen import RandomBlurSharpen
 from unimlip_kit.augment.brightness_contrast import RandomBrightnessContrast

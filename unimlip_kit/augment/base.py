@@ -15,9 +15,13 @@ from typing import Any, ClassVar, Dict, Optional, Sequence
 
 import torch
 from kornia.augmentation import IntensityAugmentationBase2D
-from kornia.augmentation.utils import _transform_output_shape
-from kornia.core.utils import is_autocast_enabled
 
+from unimlip_kit.augment._kornia_compat import (
+    is_autocast_enabled,
+    process_kwargs_to_params_and_flags,
+    standardize_input,
+    transform_output_shape,
+)
 from unimlip_kit.augment.ranges import as_value_range
 from unimlip_kit.augment.seeded import SeededMixin
 
@@ -95,13 +99,12 @@ class RangeIntensityAugmentation(SeededMixin, IntensityAugmentationBase2D):
         """
         if not self.gates_rows:
             return super().transform_inputs(input, params, flags, transform, **kwargs)
-        params, flags = self._process_kwargs_to_params_and_flags(self._params if params is None else params, flags, **kwargs)
-        in_tensor = self.transform_tensor(input)
-        self.validate_tensor(in_tensor)
+        params, flags = process_kwargs_to_params_and_flags(self, params, flags, **kwargs)
+        in_tensor = standardize_input(self, input)
         output = self.apply_transform(in_tensor, params, flags, transform=transform)
         if is_autocast_enabled():
             output = output.type(input.dtype)
-        return _transform_output_shape(output, input.shape) if self.keepdim else output
+        return transform_output_shape(output, input.shape) if self.keepdim else output
 
     def apply_transform(
         self,

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from unimlip_kit.augment._kornia_compat import commit_state
 from unimlip_kit.augment.crop import ConservativeResizedCrop
 from unimlip_kit.augment.geometry import SmallAffine
 from unimlip_kit.augment.ranges import as_value_range, check_images, to_float
@@ -156,7 +157,7 @@ class MedicalCompose(nn.Module):
             p = params[k] if params is not None else t.forward_parameters(torch.Size(shape))
             meta = torch.empty((), device=x.device, dtype=x.dtype).expand(shape)  # shape only, no storage
             m = t.generate_transformation_matrix(meta, p, t.flags).to(x.device, x.dtype)
-            t._commit_state(params=p, transform_matrix=m)
+            commit_state(t, params=p, transform_matrix=m)
             total = m if total is None else m @ total
             if isinstance(t, ConservativeResizedCrop):
                 shape = shape[:2] + tuple(t._out_size(meta, t.flags))
