@@ -336,7 +336,10 @@ class UniMlipHubMixin(
         weights = folder / WEIGHTS_NAME
         if not weights.is_file():
             raise FileNotFoundError(f"{folder} has no {WEIGHTS_NAME}")
-        missing, unexpected = load_model(model, str(weights), strict=False, device=str(map_location))
+        try:
+            missing, unexpected = load_model(model, str(weights), strict=False, device=str(map_location))
+        except RuntimeError as err:  # shape mismatches
+            raise ValueError(f"{weights} does not match the model built from {CONFIG_NAME}: {err}") from None
         if strict and (missing or unexpected):
             raise ValueError(f"{weights} does not match the model built from {CONFIG_NAME}: "
                              f"missing {sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}")
