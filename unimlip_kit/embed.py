@@ -38,7 +38,7 @@ def find_images(folder: str | os.PathLike) -> list[Path]:
     Example:
         >>> import tempfile
         >>> d = Path(tempfile.mkdtemp()); (d / "b").mkdir()
-        >>> for name in ("a.PNG", "b/c.nii.gz", "notes.txt"): (d / name).write_bytes(b"")
+        >>> for name in ("a.PNG", "b/c.nii.gz", "notes.txt"): _ = (d / name).write_bytes(b"")
         >>> [p.relative_to(d).as_posix() for p in find_images(d)]
         ['a.PNG', 'b/c.nii.gz']
     """
