@@ -23,8 +23,8 @@ from unimlip_kit.data import (
     ImageTextDataset,
     ImageTextRecord,
     SkipCounter,
-    apply_window,
     build_dataloader,
+    dicom_linear_window,
     load_image,
     read_image_array,
     verify_records,
@@ -119,7 +119,7 @@ def test_nan_voxels_with_a_ct_window_are_filled_not_skipped(tmp_path: Path) -> N
     from unimlip_kit.data.nifti import nifti_slice
 
     sl = nifti_slice(f)
-    ref = np.where(np.isnan(sl), 0.0, apply_window(np.nan_to_num(sl), 40, 400))
+    ref = np.where(np.isnan(sl), 0.0, dicom_linear_window(np.nan_to_num(sl), 40, 400))
     np.testing.assert_allclose(read_image_array(f, window="abdomen"), ref, atol=1e-6)
 
 
@@ -145,7 +145,7 @@ def test_nan_pixels_in_a_float_tiff_keep_the_finite_range(tmp_path: Path) -> Non
 def test_minmax_and_window_never_return_nan_and_use_only_finite_values(values: list[float]) -> None:
     x = np.array(values, dtype=np.float64)
     finite = np.isfinite(x)
-    w = apply_window(x, 0.0, 400.0)
+    w = dicom_linear_window(x, 0.0, 400.0)
     assert np.isfinite(w).all() and ((w >= 0) & (w <= 1)).all() and (w[~finite] == 0).all()
     if not finite.any():
         with pytest.raises(ValueError, match="no finite value"):

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from unimlip_kit.data import ImageDecodeError, apply_window, load_image, read_image_array, resize_image
+from unimlip_kit.data import ImageDecodeError, dicom_linear_window, load_image, read_image_array, resize_image
 
 
 @settings(max_examples=8, deadline=None)
@@ -89,7 +89,7 @@ def _window_ref(x: np.ndarray, c: float, w: float) -> np.ndarray:
 def test_window_matches_dicom_formula() -> None:
     x = np.linspace(-1200, 1500, 301)
     for c, w in [(40, 400), (-600, 1500), (40, 80), (0, 2)]:
-        np.testing.assert_allclose(apply_window(x, c, w), _window_ref(x, c, w), atol=1e-6)
+        np.testing.assert_allclose(dicom_linear_window(x, c, w), _window_ref(x, c, w), atol=1e-6)
 
 
 pydicom = pytest.importorskip("pydicom")

@@ -1,6 +1,8 @@
 """Random intensity windowing: per-sample window centre and width, output in [0, 1].
 
-A window ``(c, w)`` maps ``x`` to ``clamp((x - (c - w/2)) / w, 0, 1)``. For CT
+A window ``(c, w)`` maps ``x`` to ``clamp((x - (c - w/2)) / w, 0, 1)``
+(:func:`unimlip_kit.utils.windows.apply_window`; file decoding uses DICOM's
+variant, :func:`~unimlip_kit.utils.windows.dicom_linear_window`). For CT
 the input is in Hounsfield units (``value_range=(-1024, 3071)``) and ``windows``
 are standard radiology windows; each sample picks one window uniformly and
 jitters it: ``c' = c + u_c * centre_jitter * w`` and ``w' = w * (1 + width_jitter) ** u_w``
@@ -17,20 +19,10 @@ import torch
 from kornia.augmentation.random_generator import PlainUniformGenerator
 
 from unimlip_kit.augment.base import RangeIntensityAugmentation, per_sample
-from unimlip_kit.utils.windows import CT_WINDOWS  # standard CT windows (centre, width) in HU, one shared table
+# the one table of CT windows (centre, width) in HU, and the plain linear window formula
+from unimlip_kit.utils.windows import CT_WINDOWS, apply_window
 
-__all__ = ["CT_WINDOWS", "RandomWindow", "apply_window"]
-
-
-
-def apply_window(x: torch.Tensor, centre: torch.Tensor | float, width: torch.Tensor | float) -> torch.Tensor:
-    """``clamp((x - (centre - width / 2)) / width, 0, 1)`` with per-sample or scalar centre/width.
-
-    Example:
-        >>> apply_window(torch.tensor([-1000.0, 40.0, 1000.0]), 40.0, 400.0)
-        tensor([0.0000, 0.5000, 1.0000])
-    """
-    return torch.sub(x, centre - width / 2).div_(width).clamp_(0.0, 1.0)  # one fresh tensor, then in place
+__all__ = ["CT_WINDOWS", "RandomWindow"]
 
 
 class RandomWindow(RangeIntensityAugmentation):

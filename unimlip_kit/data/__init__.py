@@ -31,7 +31,7 @@ from unimlip_kit.data.synthetic import (
 )
 from unimlip_kit.data.tabular import read_csv_pairs, read_jsonl_pairs, read_pairs
 from unimlip_kit.data.verify import verify_records
-from unimlip_kit.data.window import WINDOW_PRESETS, apply_window, resolve_window
+from unimlip_kit.data.window import WINDOW_PRESETS, dicom_linear_window, resolve_window
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -54,11 +54,11 @@ __all__ = [
     "UNKNOWN_LABEL",
     "UNKNOWN_MODALITY",
     "WINDOW_PRESETS",
-    "apply_window",
     "build_dataloader",
     "build_synthetic_dataset",
     "collate_image_text",
     "default_cache_dir",
+    "dicom_linear_window",
     "finding_class",
     "generate_samples",
     "group_ids_from_keys",

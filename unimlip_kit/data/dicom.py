@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from unimlip_kit.data.window import apply_window, minmax_unit, resolve_window
+from unimlip_kit.data.window import dicom_linear_window, minmax_unit, resolve_window
 from unimlip_kit.utils.optional import require
 
 __all__ = ["dicom_to_unit", "read_dicom_hu"]
@@ -82,7 +82,7 @@ def dicom_to_unit(
     if win is None:
         out = minmax_unit(hu)  # float pixel data may hold NaN: ignored by the range, filled with 0
     else:
-        out = apply_window(hu, *win)
+        out = dicom_linear_window(hu, *win)
     if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         out = 1.0 - out
     return out

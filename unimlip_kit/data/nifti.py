@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from unimlip_kit.data.window import apply_window, minmax_unit, resolve_window
+from unimlip_kit.data.window import dicom_linear_window, minmax_unit, resolve_window
 from unimlip_kit.utils.optional import require
 
 __all__ = ["nifti_slice", "nifti_to_unit"]
@@ -90,5 +90,5 @@ def nifti_to_unit(
     sl = nifti_slice(path, slice_index, axis, volume, canonical)
     win = resolve_window(window)
     if win is not None:
-        return apply_window(sl, *win)
+        return dicom_linear_window(sl, *win)
     return np.ascontiguousarray(minmax_unit(sl))

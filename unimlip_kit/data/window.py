@@ -1,17 +1,15 @@
 """Intensity windowing of Hounsfield units (or any calibrated values) to [0, 1].
 
-Follows the linear VOI LUT of DICOM PS3.3 C.11.2.1.2.1 with output range
-[0, 1]: for centre ``c`` and width ``w >= 1``::
-
-    y = 0                                   if x <= c - 0.5 - (w - 1) / 2
-    y = 1                                   if x >  c - 0.5 + (w - 1) / 2
-    y = (x - (c - 0.5)) / (w - 1) + 0.5     otherwise
+Files are windowed with DICOM's linear VOI LUT (PS3.3 C.11.2.1.2.1),
+:func:`~unimlip_kit.utils.windows.dicom_linear_window`, so a file looks as a DICOM
+viewer shows it. Both window formulas and the preset table live in
+:mod:`unimlip_kit.utils.windows`.
 
 Named presets are the usual radiology windows (centre, width) in HU, from the
 one table in :mod:`unimlip_kit.utils.windows` (``WINDOW_PRESETS`` is
-:data:`unimlip_kit.augment.CT_WINDOWS`, the same dict). This module decodes files, so it
-follows the DICOM formula; the augmentation's ``RandomWindow`` uses the plain
-``clamp((x - c + w/2) / w)``, which differs by at most ``0.5 / (w - 1)``.
+:data:`unimlip_kit.augment.CT_WINDOWS`, the same dict). The augmentation's ``RandomWindow``
+uses the plain :func:`~unimlip_kit.utils.windows.apply_window`
+``clamp((x - c + w/2) / w)``, which differs by at most ``1 / w`` (at the DICOM top).
 
 Non-finite values (NaN outside a brain mask, a stray infinity) are *missing*:
 they never enter an intensity range and come out as 0, the display minimum, so
@@ -23,9 +21,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from unimlip_kit.utils.windows import CT_WINDOWS
+from unimlip_kit.utils.windows import CT_WINDOWS, dicom_linear_window
 
-__all__ = ["WINDOW_PRESETS", "apply_window", "minmax_unit", "resolve_window"]
+__all__ = ["WINDOW_PRESETS", "dicom_linear_window", "minmax_unit", "resolve_window"]
 
 #: (centre, width) in Hounsfield units (the shared table of :mod:`unimlip_kit.utils.windows`).
 WINDOW_PRESETS: dict[str, tuple[float, float]] = CT_WINDOWS
@@ -57,25 +55,6 @@ def resolve_window(window: str | tuple[float, float] | None) -> tuple[float, flo
     if not np.isfinite(c) or not np.isfinite(w) or w < 1:
         raise ValueError(f"window must be (centre, width) with finite centre and width >= 1, got {window}")
     return c, w
-
-
-def apply_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
-    """Map ``values`` to [0, 1] with the DICOM linear window (float32 output).
-
-    Example:
-        >>> [round(float(v), 3) for v in apply_window(np.array([-1000.0, 40.0, 1000.0]), 40, 400)]
-        [0.0, 0.501, 1.0]
-    """
-    c, w = resolve_window((center, width))
-    x = np.asarray(values, dtype=np.float64)
-    finite = np.isfinite(x)
-    lo, hi = c - 0.5 - (w - 1) / 2, c - 0.5 + (w - 1) / 2
-    if w == 1:
-        return ((x > lo) & finite).astype(np.float32)
-    with np.errstate(invalid="ignore"):
-        y = (x - (c - 0.5)) / (w - 1) + 0.5
-        y = np.where(x <= lo, 0.0, np.where(x > hi, 1.0, y))
-    return np.where(finite, np.clip(y, 0.0, 1.0), 0.0).astype(np.float32)
 
 
 def minmax_unit(values: np.ndarray) -> np.ndarray:
