@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, print_table, sync  # noqa: E402
 
-from unimlip_kit.augment import MODALITIES, PRESET_RANGES, preset  # noqa: E402
+from unimlip_kit.augment import PRESET_MODALITIES, PRESET_RANGES, preset  # noqa: E402
 from unimlip_kit.augment.samples import sample_image  # noqa: E402
 from unimlip_kit.utils.io import run_metadata, save_json  # noqa: E402
 from unimlip_kit.utils.optional import is_available  # noqa: E402
@@ -121,7 +121,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--modalities", nargs="+", default=list(MODALITIES), choices=MODALITIES)
+    ap.add_argument("--modalities", nargs="+", default=list(PRESET_MODALITIES), choices=PRESET_MODALITIES)
     ap.add_argument("--no-monai", action="store_true", help="skip the MONAI baseline")
     ap.add_argument("--threads", type=int, default=None, help="torch threads for both sides (default: torch's)")
     ap.add_argument("--tag", default="", help="suffix for the result files, e.g. '_1thread'")

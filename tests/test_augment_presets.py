@@ -6,18 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from unimlip_kit.augment import MODALITIES, PRESET_RANGES, STRENGTHS, TwoViews, preset
+from unimlip_kit.augment import PRESET_MODALITIES, PRESET_RANGES, STRENGTHS, TwoViews, preset
 from unimlip_kit.augment.preview import load_image, main
 from unimlip_kit.augment.samples import sample_image
 
-GREY = [m for m in MODALITIES if m != "pathology"]
+GREY = [m for m in PRESET_MODALITIES if m != "pathology"]
 
 
 def _batch(modality: str, b: int = 3, size: int = 32) -> torch.Tensor:
     return sample_image(modality, size, seed=1)[None].repeat(b, 1, 1, 1)
 
 
-@pytest.mark.parametrize("modality", MODALITIES)
+@pytest.mark.parametrize("modality", PRESET_MODALITIES)
 def test_every_strength_keeps_shape_dtype_and_output_range(modality):
     x = _batch(modality)
     lo, hi = PRESET_RANGES[modality][1]

@@ -29,7 +29,7 @@ from unimlip_kit.augment.gamma import RandomGamma
 from unimlip_kit.augment.geometry import GentleElastic, SmallAffine
 from unimlip_kit.augment.laterality import find_laterality_words, swap_laterality
 from unimlip_kit.augment.noise import RandomGaussianNoise, RandomRicianNoise, RandomSpeckleNoise
-from unimlip_kit.augment.presets import MODALITIES, PRESET_RANGES, STRENGTHS, preset
+from unimlip_kit.augment.presets import PRESET_MODALITIES, PRESET_RANGES, STRENGTHS, preset
 from unimlip_kit.augment.ranges import from_float, to_float
 from unimlip_kit.augment.stain import RandomHEDJitter
 from unimlip_kit.augment.text import CaptionAugment, find_negation_cues, find_protected_words
@@ -41,8 +41,8 @@ __all__ = [
     "ConservativeResizedCrop",
     "GentleElastic",
     "LateralityAwareFlip",
-    "MODALITIES",
     "MedicalCompose",
+    "PRESET_MODALITIES",
     "PRESET_RANGES",
     "RandomBiasField",
     "RandomBlurSharpen",

@@ -44,10 +44,10 @@ from unimlip_kit.augment.geometry import GentleElastic, SmallAffine
 from unimlip_kit.augment.noise import RandomGaussianNoise, RandomRicianNoise, RandomSpeckleNoise
 from unimlip_kit.augment.stain import RandomHEDJitter
 from unimlip_kit.augment.window import CT_WINDOWS, RandomWindow
+from unimlip_kit.utils.modalities import PRESET_MODALITIES  # the one modality list, plus "generic"
 
-__all__ = ["MODALITIES", "PRESET_RANGES", "STRENGTHS", "preset"]
+__all__ = ["PRESET_MODALITIES", "PRESET_RANGES", "STRENGTHS", "preset"]
 
-MODALITIES = ("xray", "ct", "mri", "ultrasound", "pathology", "generic")
 STRENGTHS = ("light", "medium", "strong")
 _K = {"light": 0.5, "medium": 1.0, "strong": 1.5}
 _CROP_MIN = {"light": 0.85, "medium": 0.75, "strong": 0.7}
@@ -107,7 +107,7 @@ def preset(
     """The augmentation pipeline for a modality and strength (see the module table for value ranges).
 
     Args:
-        modality: one of ``MODALITIES``.
+        modality: one of ``PRESET_MODALITIES`` (the data modalities plus ``"generic"``).
         strength: ``"light"``, ``"medium"`` or ``"strong"``.
         size: output ``(H, W)`` of the crop; ``None`` keeps the input size.
         value_range: override the input range (only meaningful for ``"ct"``, e.g. ``(-1000, 2000)``).
@@ -125,8 +125,8 @@ def preset(
         ...
         ValueError: modality must be one of ('xray', 'ct', 'mri', 'ultrasound', 'pathology', 'generic'), got 'dental'
     """
-    if modality not in MODALITIES:
-        raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+    if modality not in PRESET_MODALITIES:
+        raise ValueError(f"modality must be one of {PRESET_MODALITIES}, got {modality!r}")
     if strength not in STRENGTHS:
         raise ValueError(f"strength must be one of {STRENGTHS}, got {strength!r}")
     in_range, out_range = PRESET_RANGES[modality]

@@ -23,7 +23,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
-from unimlip_kit.augment.presets import MODALITIES, PRESET_RANGES, STRENGTHS, preset
+from unimlip_kit.augment.presets import PRESET_MODALITIES, PRESET_RANGES, STRENGTHS, preset
 from unimlip_kit.augment.ranges import to_float
 from unimlip_kit.augment.samples import sample_image
 from unimlip_kit.utils.optional import require
@@ -119,7 +119,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Path]:
     """
     ap = argparse.ArgumentParser(prog="python -m unimlip_kit.augment.preview", description=__doc__.split("\n")[0])
     ap.add_argument("--image", default=None, help="PNG, JPEG or DICOM file (default: a generated phantom)")
-    ap.add_argument("--modality", default="xray", choices=MODALITIES)
+    ap.add_argument("--modality", default="xray", choices=PRESET_MODALITIES)
     ap.add_argument("--out", default="augment_preview.png", help="output path; '_<strength>' is added before .png")
     ap.add_argument("--strengths", nargs="+", default=list(STRENGTHS), choices=STRENGTHS)
     ap.add_argument("--n", type=int, default=11, help="augmented samples per grid")

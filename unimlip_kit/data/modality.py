@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["MODALITIES", "infer_modality"]
+from unimlip_kit.utils.modalities import MODALITIES  # the one list (augmentation presets add "generic")
 
-#: Modality names used across unimlip_kit.data (synthetic benchmark included).
-MODALITIES = ("xray", "ct", "mri", "ultrasound")
+__all__ = ["MODALITIES", "infer_modality"]
 
 _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("ct", re.compile(r"\b(ct|cect|hrct|computed tomograph\w*|tomogram|hounsfield|cta)\b")),
