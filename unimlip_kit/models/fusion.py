@@ -9,6 +9,7 @@ the MLM head. Attention goes through :func:`unimlip_kit.models.attention.attenti
 from __future__ import annotations
 
 import torch
+from einops import rearrange
 from torch import nn
 
 from unimlip_kit.models.attention import attention
@@ -35,13 +36,12 @@ class MultiHeadAttention(nn.Module):
         self.out = nn.Linear(width, width)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None) -> torch.Tensor:
-        b, lq, w = x.shape
-        h = self.heads
-        q = self.q(x).view(b, lq, h, w // h).transpose(1, 2)
-        k, v = self.kv(context).view(b, context.shape[1], 2, h, w // h).permute(2, 0, 3, 1, 4)
+        # heads split off the channel axis: (B, L, H*Dh) -> (B, H, L, Dh); keys and values share one projection
+        q = rearrange(self.q(x), "b l (h d) -> b h l d", h=self.heads)
+        k, v = rearrange(self.kv(context), "b l (kv h d) -> kv b h l d", kv=2, h=self.heads)
         p = self.dropout if self.training else 0.0
         y = attention(q, k, v, key_padding_mask=context_mask, dropout_p=p, backend=self.backend)
-        return self.out(y.transpose(1, 2).reshape(b, lq, w))
+        return self.out(rearrange(y, "b h l d -> b l (h d)"))
 
 
 class FusionLayer(nn.Module):
