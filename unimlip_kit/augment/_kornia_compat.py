@@ -8,18 +8,15 @@ leading underscore and base-class methods whose names and signatures moved
 between releases — is reached only through the functions here, so a kornia
 release that moves one of them breaks this file and nothing else:
 
-============================================ ================================================
-kornia internal                              wrapper
-============================================ ================================================
-``_AugmentationBase._commit_state`` (0.9+),  :func:`commit_state` (older releases: the
-else ``_params`` / ``_transform_matrix``     attributes themselves)
-``_process_kwargs_to_params_and_flags``      :func:`process_kwargs_to_params_and_flags`
-``transform_tensor`` / ``validate_tensor``   :func:`standardize_input`
-``augmentation.utils._transform_output_shape`` :func:`transform_output_shape`
-``kornia.core.utils.is_autocast_enabled``    :func:`is_autocast_enabled` (own, torch only;
-(``kornia.utils.helpers`` before 0.9)        the module moved in 0.9)
-``ImageSequential`` feature hooks (0.9)      :func:`plain_sequential_call`
-============================================ ================================================
+* ``_AugmentationBase._commit_state`` (0.9; older releases set ``_params`` /
+  ``_transform_matrix``): :func:`commit_state`;
+* ``_process_kwargs_to_params_and_flags``: :func:`process_kwargs_to_params_and_flags`;
+* ``transform_tensor`` / ``validate_tensor``: :func:`standardize_input`;
+* ``kornia.augmentation.utils._transform_output_shape``: :func:`transform_output_shape`;
+* ``is_autocast_enabled`` (``kornia.core.utils`` from 0.9, ``kornia.utils.helpers``
+  before): :func:`is_autocast_enabled`, written here on torch's public API;
+* ``ImageSequential``'s input-conversion / output-cache hooks (0.9): :func:`plain_sequential_call`;
+* ``kornia.augmentation.container.image._get_new_batch_shape``: :func:`next_batch_shape`.
 
 :data:`MIN_KORNIA` is the oldest kornia whose augmentation tests pass here
 (``tests/test_augment_*``, ``tests/test_bad_inputs_augment.py`` and the doctests,
@@ -47,6 +44,7 @@ __all__ = [
     "check_kornia_version",
     "commit_state",
     "is_autocast_enabled",
+    "next_batch_shape",
     "parse_version",
     "plain_sequential_call",
     "process_kwargs_to_params_and_flags",
@@ -194,3 +192,18 @@ def plain_sequential_call(module: Any) -> None:
     """
     if hasattr(type(module), "disable_features"):
         module.disable_features = True
+
+
+def next_batch_shape(param: Any, batch_shape: torch.Size, module: Any) -> torch.Size:
+    """The batch shape after ``module`` ran with ``param`` (a ``ParamItem``): kornia's container bookkeeping.
+
+    Example:
+        >>> from kornia.augmentation import RandomCrop
+        >>> from kornia.augmentation.container.params import ParamItem
+        >>> crop = RandomCrop((4, 4), p=1.0)
+        >>> next_batch_shape(ParamItem("c", crop.forward_parameters((2, 1, 8, 8))), torch.Size((2, 1, 8, 8)), crop)
+        torch.Size([2, 1, 4, 4])
+    """
+    from kornia.augmentation.container.image import _get_new_batch_shape
+
+    return _get_new_batch_shape(param, batch_shape, module)

@@ -8,6 +8,12 @@ position ``(t_x, t_y) ~ U(0, 1)^2``; the crop is ``w = W sqrt(s r)``,
 ``y0 = t_y (H - h)``, resampled by one batched affine warp to ``size``
 (default: the input size). The ``(B, 3, 3)`` matrix is kept as
 ``transform_matrix`` so masks, boxes and a second view can replay it.
+
+Samples the ``p`` gate skips are only resized to ``size``; their matrix is that
+resize (``identity_matrix``), and masks, boxes and keypoints of skipped samples
+get it too. ``inverse`` maps every sample back onto the input grid with the
+inverse matrix (zeros outside the crop), as kornia's ``RandomResizedCrop`` does;
+``params["output_size"]`` tells kornia's containers the new image size.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from kornia.augmentation import GeometricAugmentationBase2D
 from kornia.augmentation.random_generator import PlainUniformGenerator
 from kornia.constants import Resample
 
+from unimlip_kit.augment._kornia_compat import process_kwargs_to_params_and_flags
 from unimlip_kit.augment.seeded import SeededMixin
 from unimlip_kit.augment.warp import warp_affine_batched
 
@@ -43,6 +50,9 @@ class ConservativeResizedCrop(SeededMixin, GeometricAugmentationBase2D):
         >>> x = torch.rand(2, 1, 16, 16)
         >>> torch.allclose(ConservativeResizedCrop(scale=(1.0, 1.0), ratio=(1.0, 1.0))(x), x, atol=1e-5)
         True
+        >>> crop = ConservativeResizedCrop(size=(8, 8), generator=0)
+        >>> crop.inverse(crop(x)).shape  # back on the 16 x 16 input grid, zeros outside the crop
+        torch.Size([2, 1, 16, 16])
     """
 
     def __init__(
@@ -73,6 +83,12 @@ class ConservativeResizedCrop(SeededMixin, GeometricAugmentationBase2D):
             ((0.0, 1.0), "ty", None, None),
         )
         self._init_seed(generator)
+
+    def generate_parameters(self, batch_shape: Tuple[int, ...]) -> Dict[str, torch.Tensor]:
+        params = super().generate_parameters(batch_shape)
+        oh, ow = self.flags["size"] if self.flags["size"] is not None else (int(batch_shape[-2]), int(batch_shape[-1]))
+        params["output_size"] = torch.tensor([[oh, ow]], dtype=torch.long).repeat(int(batch_shape[0]), 1)
+        return params
 
     def _out_size(self, input: torch.Tensor, flags: Dict[str, Any]) -> Tuple[int, int]:
         return flags["size"] if flags["size"] is not None else (int(input.shape[-2]), int(input.shape[-1]))
@@ -135,3 +151,79 @@ class ConservativeResizedCrop(SeededMixin, GeometricAugmentationBase2D):
         m = self._resize_matrix(input, flags)
         mode = flags["resample"].name.lower()
         return warp_affine_batched(input, m, self._out_size(input, flags), mode=mode, padding_mode="zeros")
+
+    # Skipped samples are resized to ``size``: their masks, boxes and keypoints get the same resize, which is the
+    # matrix kornia passes for those rows (``identity_matrix`` above).
+    def apply_non_transform_mask(
+        self,
+        input: torch.Tensor,
+        params: Dict[str, torch.Tensor],
+        flags: Dict[str, Any],
+        transform: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        return self.apply_non_transform(input, params, flags, transform)
+
+    def transform_boxes(self, input: Any, params: Dict[str, torch.Tensor], flags: Dict[str, Any], transform: Optional[torch.Tensor] = None, **kwargs: Any) -> Any:
+        """Every row through its matrix (the crop, or the resize of a skipped sample): kornia's ``Boxes.transform_boxes``."""
+        params, flags = process_kwargs_to_params_and_flags(self, params, flags, **kwargs)
+        m = self._forward_matrix(params, flags, input.data) if transform is None else transform
+        return input.clone().transform_boxes_(m.to(input.data.device, input.data.dtype))
+
+    def transform_keypoints(self, input: Any, params: Dict[str, torch.Tensor], flags: Dict[str, Any], transform: Optional[torch.Tensor] = None, **kwargs: Any) -> Any:
+        """Every row through its matrix (the crop, or the resize of a skipped sample)."""
+        params, flags = process_kwargs_to_params_and_flags(self, params, flags, **kwargs)
+        m = self._forward_matrix(params, flags, input.data) if transform is None else transform
+        return input.clone().transform_keypoints_(m.to(input.data.device, input.data.dtype))
+
+    # ---- inverse: every row back onto the forward input's grid ----------------------------------------------------
+
+    def _forward_matrix(self, params: Dict[str, torch.Tensor], flags: Dict[str, Any], like: torch.Tensor) -> torch.Tensor:
+        shape = tuple(int(v) for v in params["forward_input_shape"].tolist())
+        meta = torch.empty((), device=like.device, dtype=like.dtype if like.is_floating_point() else torch.float32).expand(shape)
+        return self.generate_transformation_matrix(meta, params, flags)
+
+    def inverse_transform(
+        self,
+        input: torch.Tensor,
+        flags: Dict[str, Any],
+        transform: Optional[torch.Tensor] = None,
+        size: Optional[Tuple[int, int]] = None,
+    ) -> torch.Tensor:
+        if transform is None or size is None:
+            raise ValueError("ConservativeResizedCrop.inverse_transform needs the inverse matrix and the input size")
+        return warp_affine_batched(input, transform, size, mode=flags["resample"].name.lower(), padding_mode="zeros")
+
+    def inverse_inputs(
+        self,
+        input: torch.Tensor,
+        params: Dict[str, torch.Tensor],
+        flags: Dict[str, Any],
+        transform: Optional[torch.Tensor] = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        params, flags = process_kwargs_to_params_and_flags(self, params, flags, **kwargs)
+        _, _, h, w = (int(v) for v in params["forward_input_shape"].tolist())
+        if input.shape[0] == 0:
+            return input.reshape(*input.shape[:-2], h, w)
+        if transform is None:
+            transform = torch.linalg.inv(self._forward_matrix(params, flags, input).double()).to(input.dtype)
+        work = input if input.is_floating_point() else input.float()
+        out = self.inverse_transform(work, flags, transform.to(work.device, work.dtype), (h, w))
+        return out if input.is_floating_point() else out.round().to(input.dtype)
+
+    def inverse(self, input: torch.Tensor, params: Optional[Dict[str, torch.Tensor]] = None, **kwargs: Any) -> torch.Tensor:
+        """Map a crop's output back onto its input grid: ``warp(y, M⁻¹)``, zeros outside the crop (kornia's convention)."""
+        params = self._params if params is None else params
+        if not params:
+            raise ValueError("no parameters to invert: call the crop first or pass params=")
+        return self.inverse_inputs(input, params, self.flags, None, **kwargs)
+
+    def inverse_boxes(self, input: Any, params: Dict[str, torch.Tensor], flags: Dict[str, Any], transform: Optional[torch.Tensor] = None, **kwargs: Any) -> Any:
+        if transform is None:
+            transform = torch.linalg.inv(self._forward_matrix(params, flags, input.data).double())
+        return input.clone().transform_boxes_(transform.to(input.data.device, input.data.dtype))
+
+    def inverse_keypoints(self, input: Any, params: Dict[str, torch.Tensor], flags: Dict[str, Any], transform: Optional[torch.Tensor] = None, **kwargs: Any) -> Any:
+        if transform is None:
+            transform = torch.linalg.inv(self._forward_matrix(params, flags, input.data).double())
+        return input.clone().transform_keypoints_(transform.to(input.data.device, input.data.dtype))
