@@ -15,8 +15,8 @@ flipped: swapping those words would make the caption false, keeping them would
 leave a mirrored caption half-swapped. :meth:`LateralityAwareFlip.kept_unflipped`
 says which samples this rule held back in the last call.
 
-Images may be float, uint8 or uint16 (a flip only moves pixels; integer images
-come back in their own dtype, bit for bit).
+Images may be float, uint8, uint16 or bool masks (a flip only moves pixels; integer
+images come back in their own dtype, bit for bit).
 
 Inside kornia containers: ``LateralityAwareFlip`` is a kornia ``ImageSequential``,
 so ``kornia.augmentation.AugmentationSequential(flip, ..., data_keys=["input",
@@ -199,8 +199,8 @@ class LateralityAwareFlip(ImageSequential):
             raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
         if images.ndim != 4:
             raise ValueError(f"images must be a 4-D (B, C, H, W) tensor, got shape {tuple(images.shape)}")
-        if not images.is_floating_point() and images.dtype not in INTEGER_MAX:
-            raise ValueError(f"images must be floating point, uint8 or uint16, got {images.dtype}")
+        if not images.is_floating_point() and images.dtype not in INTEGER_MAX and images.dtype != torch.bool:
+            raise ValueError(f"images must be floating point, uint8 or uint16 (or a bool mask), got {images.dtype}")
         if isinstance(params, (list, tuple)) and len(params) == 1 and isinstance(params[0], ParamItem):
             params = params[0].data  # a container's draw for this flip
         b = images.shape[0]
