@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine:  `make run`  and  `make test`.
 # A virtual environment is created in .venv; torch is the CPU wheel 2.13.0
-# (a bare `torch` would pull a multi-GB CUDA build on this kind of machine).
+# (a bare `torch` would pull a multi-GB CUDA build on this kind of machine); then the package with the
+# dev (tests) and train (recipes, benchmarks: matplotlib) extras.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
@@ -13,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,train]"
 	touch $@
 
 run: setup

@@ -213,8 +213,7 @@ class UniMlipHubMixin(
     PyTorchModelHubMixin,
     library_name="unimlip_kit",
     tags=["medical", "vision-language", "uni-mlip"],
-    paper_url="https://arxiv.org/abs/2411.15207",
-):
+):  # no paper_url=: huggingface_hub 0.24 (the floor) lacks it; the model card cites the paper
     """``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` for :class:`~unimlip_kit.models.UniMlipModel`.
 
     ``save_pretrained(folder, tokenizer=tok, preprocessing=pp)`` also remembers ``tok``
@@ -312,8 +311,13 @@ class UniMlipHubMixin(
     ) -> Any:
         from safetensors.torch import load_model
 
-        folder = _resolve_folder(model_id, revision=revision, cache_dir=cache_dir, force_download=force_download,
-                                 local_files_only=local_files_only, token=token)
+        download = dict(revision=revision, cache_dir=cache_dir, force_download=force_download,
+                        local_files_only=local_files_only, token=token)
+        proxies = model_kwargs.pop("proxies", None)  # passed by huggingface_hub < 1.0
+        model_kwargs.pop("resume_download", None)  # passed by huggingface_hub < 1.0, deprecated there
+        if proxies:
+            download["proxies"] = proxies
+        folder = _resolve_folder(model_id, **download)
         config_file = folder / CONFIG_NAME
         if not config_file.is_file():
             raise FileNotFoundError(f"{folder} has no {CONFIG_NAME}: not a folder written by save_pretrained")

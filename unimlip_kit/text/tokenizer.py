@@ -53,7 +53,7 @@ def bundled_model_dir() -> Path:
 
 @functools.lru_cache(maxsize=4)
 def _load(use_fast: bool) -> Any:
-    transformers = require("transformers", "text", "loading the bundled tokenizer")
+    transformers = require("transformers", None, "loading the bundled tokenizer")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     return transformers.AutoTokenizer.from_pretrained(
         str(bundled_model_dir()), local_files_only=True, use_fast=use_fast

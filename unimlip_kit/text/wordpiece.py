@@ -81,8 +81,8 @@ def train_wordpiece_tokenizer(
         >>> tok.pad_token_id, tok.mask_token_id, len(tok) <= 100
         (0, 4, True)
     """
-    tokenizers = require("tokenizers", "text", "building a WordPiece tokenizer")
-    transformers = require("transformers", "text", "wrapping the tokenizer")
+    tokenizers = require("tokenizers", None, "building a WordPiece tokenizer")
+    transformers = require("transformers", None, "wrapping the tokenizer")
     from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     texts = [" ".join(str(c).split()) for c in captions]
