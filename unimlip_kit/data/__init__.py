@@ -1,4 +1,5 @@
 """Medical image–caption data: readers (ROCO, CSV/JSONL), decoding (PNG/JPEG incl. 16-bit, DICOM, NIfTI),
+Hounsfield units and 3-D volumes with spacing and orientation (``load_hu``, ``load_volume``),
 a lazily decoding Dataset that skips and counts bad pairs, the batch collate, and the synthetic benchmark.
 
 Data flow: reader -> list[ImageTextRecord] -> ImageTextDataset (decode + resize on access)
@@ -31,6 +32,7 @@ from unimlip_kit.data.synthetic import (
 )
 from unimlip_kit.data.tabular import read_csv_pairs, read_jsonl_pairs, read_pairs
 from unimlip_kit.data.verify import verify_records
+from unimlip_kit.data.volume import Volume, axis_codes, load_hu, load_volume, reorient
 from unimlip_kit.data.window import WINDOW_PRESETS, dicom_linear_window, resolve_window
 
 __all__ = [
@@ -53,7 +55,9 @@ __all__ = [
     "SyntheticConfig",
     "UNKNOWN_LABEL",
     "UNKNOWN_MODALITY",
+    "Volume",
     "WINDOW_PRESETS",
+    "axis_codes",
     "build_dataloader",
     "build_synthetic_dataset",
     "collate_image_text",
@@ -64,8 +68,10 @@ __all__ = [
     "group_ids_from_keys",
     "image_format",
     "infer_modality",
+    "load_hu",
     "load_image",
     "load_synthetic_records",
+    "load_volume",
     "load_vqa",
     "normalize_caption",
     "read_csv_pairs",
@@ -75,6 +81,7 @@ __all__ = [
     "read_pmc_names",
     "read_roco",
     "render_scene",
+    "reorient",
     "resize_image",
     "resolve_window",
     "roco_split_dir",
