@@ -4,6 +4,7 @@ Nothing here imports Triton at package import time: each kernel module is
 imported by :mod:`unimlip_kit.backends` only when its backend is chosen.
 """
 
-from unimlip_kit.backends import is_triton_available, triton_interpret_enabled
+# Importable here for older code; public (in __all__) only in their home, unimlip_kit.backends.
+from unimlip_kit.backends import is_triton_available, triton_interpret_enabled  # noqa: F401
 
-__all__ = ["is_triton_available", "triton_interpret_enabled"]
+__all__: list[str] = []

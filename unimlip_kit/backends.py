@@ -28,6 +28,7 @@ __all__ = [
     "is_triton_available",
     "register_backend",
     "resolve_backend",
+    "triton_interpret_enabled",
     "triton_reasons",
 ]
 

@@ -15,7 +15,9 @@ from unimlip_kit.data.records import UNKNOWN_LABEL, UNKNOWN_MODALITY, ImageTextR
 from unimlip_kit.data.resize import RESIZE_MODES, resize_image
 from unimlip_kit.data.roco import ROCO_SPLITS, read_pmc_names, read_roco, roco_split_dir
 from unimlip_kit.data.skips import SKIP_REASONS, SkipCounter
-from unimlip_kit.data.synth_render import SceneSpec, render_scene
+# Synthetic-generator internals (SceneSpec, render_scene, generate_samples, ...) are importable here for older
+# code but not public: use SyntheticConfig + build_synthetic_dataset / load_synthetic_records.
+from unimlip_kit.data.synth_render import SceneSpec, render_scene  # noqa: F401
 from unimlip_kit.data.synthetic import (
     FINDING_CLASSES,
     GENERATOR_VERSION,
@@ -39,7 +41,6 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "EpochSampler",
     "FINDING_CLASSES",
-    "GENERATOR_VERSION",
     "ImageDecodeError",
     "ImageTextCollate",
     "ImageTextDataset",
@@ -49,7 +50,6 @@ __all__ = [
     "ROCO_SPLITS",
     "SCENE_TYPES",
     "SKIP_REASONS",
-    "SceneSpec",
     "SkipCounter",
     "SkippedSample",
     "SyntheticConfig",
@@ -63,8 +63,6 @@ __all__ = [
     "collate_image_text",
     "default_cache_dir",
     "dicom_linear_window",
-    "finding_class",
-    "generate_samples",
     "group_ids_from_keys",
     "image_format",
     "infer_modality",
@@ -80,12 +78,9 @@ __all__ = [
     "read_pairs",
     "read_pmc_names",
     "read_roco",
-    "render_scene",
     "reorient",
     "resize_image",
     "resolve_window",
     "roco_split_dir",
-    "sample_scene",
-    "synthetic_cache_key",
     "verify_records",
 ]

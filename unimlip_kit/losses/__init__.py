@@ -36,13 +36,13 @@ from unimlip_kit.losses.unimlip import (
     UniMlipLoss,
     UniMlipOutput,
 )
-from unimlip_kit.ops.hard_negative_gather import HardNegatives, gather_hard_negatives
-from unimlip_kit.ops.hard_negatives import sample_hard_negatives
+# Importable here for older code; public (in __all__) only in their home, unimlip_kit.ops.
+from unimlip_kit.ops.hard_negative_gather import HardNegatives, gather_hard_negatives  # noqa: F401
+from unimlip_kit.ops.hard_negatives import sample_hard_negatives  # noqa: F401
 
 __all__ = [
     "ContrastiveOutput",
     "DEFAULT_WEIGHTS",
-    "HardNegatives",
     "IGNORE_INDEX",
     "ITMPairs",
     "ImageTextContrastiveLoss",
@@ -65,7 +65,6 @@ __all__ = [
     "build_itm_pairs",
     "dropout_views",
     "feature_dropout",
-    "gather_hard_negatives",
     "gather_tokens",
     "image_text_contrastive_loss",
     "image_text_matching_loss",
@@ -75,7 +74,6 @@ __all__ = [
     "memory_bank_nt_xent_loss",
     "nt_xent_loss",
     "random_token_keep",
-    "sample_hard_negatives",
     "sample_itm_pairs",
     "siglip_loss",
     "simcse_loss",

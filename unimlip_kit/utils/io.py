@@ -18,7 +18,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-__all__ = ["atomic_write", "git_commit", "load_json", "load_script", "run_metadata", "save_json"]
+# git_commit (a helper of run_metadata) and load_script (recipes importing each other by path, on its way out)
+# stay importable from this module but are not public API.
+__all__ = ["atomic_write", "load_json", "run_metadata", "save_json"]
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
