@@ -56,17 +56,12 @@ from unimlip_kit.utils.seeding import derive_seed
 
 __all__ = [
     "FINDING_CLASSES",
-    "GENERATOR_VERSION",
     "SCENE_TYPES",
     "SyntheticConfig",
     "build_synthetic_dataset",
     "default_cache_dir",
-    "finding_class",
-    "generate_samples",
     "load_synthetic_records",
     "load_vqa",
-    "sample_scene",
-    "synthetic_cache_key",
 ]
 
 #: Bump whenever rendering or captions change: it is part of the cache key.
