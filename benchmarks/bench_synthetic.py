@@ -2,6 +2,9 @@
 
     python benchmarks/bench_synthetic.py            # default config (2000/200/500 pairs, 64 px, 200 steps)
     python benchmarks/bench_synthetic.py --steps 300 --n-train 1000
+    # the ITC-only CNN probe on the recipe's split, for the recipe's training wall time (README comparison)
+    python benchmarks/bench_synthetic.py --n-validation 100 --n-test 300 --steps 100000 --max-seconds 200 \
+        --out benchmarks/results/cnn_probe_vs_recipe.json
 
 Writes ``benchmarks/results/synthetic.json`` (with ``run_metadata()``) and
 ``synthetic.png`` (ITC loss and test Recall@1 against steps).
@@ -19,6 +22,7 @@ equivalents only 1/g of the time (``ceiling_R@1 = mean 1/g``).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import tempfile
@@ -34,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS  # noqa: E402
 
 from unimlip_kit.data import ImageTextDataset, SyntheticConfig, build_dataloader, build_synthetic_dataset, read_roco
-from unimlip_kit.eval import retrieval_metrics
+from unimlip_kit.eval import meaning_level_metrics, retrieval_metrics
 from unimlip_kit.losses import image_text_contrastive_loss
 from unimlip_kit.text.wordpiece import train_wordpiece_tokenizer
 from unimlip_kit.utils import run_metadata, save_json, seed_everything
@@ -81,13 +85,16 @@ def evaluate(img_enc, txt_enc, tok, loader) -> dict:
         ie.append(img_enc(b["images"]))
         te.append(txt_enc(t["input_ids"], t["attention_mask"]))
     img_enc.train(), txt_enc.train()
-    return retrieval_metrics(torch.cat(ie), torch.cat(te))
+    ie, te = torch.cat(ie), torch.cat(te)
+    return {**retrieval_metrics(ie, te), "_image_emb": ie, "_text_emb": te}
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n-train", type=int, default=2000)
+    p.add_argument("--n-validation", type=int, default=200)
     p.add_argument("--n-test", type=int, default=500)
+    p.add_argument("--max-seconds", type=float, default=None, help="stop training after this much wall time")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=64)
@@ -96,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", default=str(RESULTS / "synthetic.json"))
     args = p.parse_args(argv)
     seed_everything(args.seed)
-    cfg = SyntheticConfig(n_train=args.n_train, n_validation=200, n_test=args.n_test, image_size=args.image_size, seed=args.seed)
+    cfg = SyntheticConfig(n_train=args.n_train, n_validation=args.n_validation, n_test=args.n_test, image_size=args.image_size, seed=args.seed)
 
     cache = Path(tempfile.mkdtemp())
     t0 = time.perf_counter()
@@ -119,12 +126,21 @@ def main(argv: list[str] | None = None) -> dict:
     log_scale = nn.Parameter(torch.tensor(2.659))  # log(1/0.07), CLIP's init
     params = list(img_enc.parameters()) + list(txt_enc.parameters()) + [log_scale]
     opt = torch.optim.AdamW(params, lr=2e-3, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=args.steps, pct_start=0.1)
+    if args.max_seconds is None:
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=args.steps, pct_start=0.1)
+    else:  # the same one-cycle shape over the fraction of the wall-time budget spent training
+        budget = {"spent": 0.0}
+
+        def one_cycle(_step: int) -> float:
+            p = min(1.0, budget["spent"] / args.max_seconds)
+            return max(p / 0.1, 0.04) if p < 0.1 else 0.5 * (1 + math.cos(math.pi * (p - 0.1) / 0.9)) + 1e-4
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, one_cycle)
     loader = build_dataloader(train, args.batch_size, seed=args.seed, drop_last=True)
     test_loader = build_dataloader(test, 256, shuffle=False)
 
     curve, evals, step, epoch = [], [], 0, 0
-    t_train = time.perf_counter()
+    t_train, eval_s = time.perf_counter(), 0.0
     while step < args.steps:
         loader.sampler.set_epoch(epoch)
         for b in loader:
@@ -138,16 +154,24 @@ def main(argv: list[str] | None = None) -> dict:
             sched.step()
             step += 1
             curve.append((step, float(loss.detach())))
-            if step % args.eval_every == 0 or step == args.steps:
+            if args.max_seconds is not None:
+                budget["spent"] = time.perf_counter() - t_train - eval_s
+            if step % args.eval_every == 0:
+                t_e = time.perf_counter()
                 m = evaluate(img_enc, txt_enc, tok, test_loader)
+                m.pop("_image_emb"), m.pop("_text_emb")
+                eval_s += time.perf_counter() - t_e
                 evals.append((step, m["i2t"]["R@1"], m["t2i"]["R@1"]))
                 print(f"step {step:5d}  loss {float(loss.detach()):.3f}  i2t R@1 {m['i2t']['R@1']:.3f}  t2i R@1 {m['t2i']['R@1']:.3f}", flush=True)
+            if args.max_seconds is not None and time.perf_counter() - t_train - eval_s >= args.max_seconds:
+                args.steps = step  # the wall-time budget ends the run
             if step >= args.steps:
                 break
         epoch += 1
-    train_s = time.perf_counter() - t_train
+    train_s = time.perf_counter() - t_train - eval_s  # training only (the periodic evaluations excluded)
 
     final = evaluate(img_enc, txt_enc, tok, test_loader)
+    final.update(meaning_level_metrics(final.pop("_image_emb"), final.pop("_text_emb"), [r.group for r in test_recs]))
     n_test = len(test_recs)
     groups = Counter(r.group for r in test_recs)
     ceiling = sum(1 / groups[r.group] for r in test_recs) / n_test

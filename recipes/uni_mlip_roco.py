@@ -54,6 +54,7 @@ from unimlip_kit.eval import (SYNTHETIC_IMAGE_QUESTIONS, EvalConfig, evaluate_mo
                               read_synthetic_vqa, synthetic_class_prompts)
 from unimlip_kit.losses import DEFAULT_WEIGHTS, UniMlipLoss
 from unimlip_kit.models import UniMlipModel, UniMlipModelConfig
+from unimlip_kit.models.hub import Preprocessing
 from unimlip_kit.text import load_bundled_tokenizer, train_wordpiece_tokenizer
 from unimlip_kit.utils import derive_seed, load_config, run_metadata, save_config, save_json, seed_everything
 from unimlip_kit.utils.config import PathOrHubId
@@ -87,7 +88,9 @@ class AugmentConfig:
     """Data-level views: per-modality medical presets, the laterality-aware flip, caption EDA."""
 
     enabled: bool = True
-    strength: Literal["light", "medium", "strong"] = "medium"
+    strength: Literal["light", "medium", "strong"] = "medium"  # the second (self-supervised, feature-level) view
+    # the first view, which the cross-modal and fused terms see (ITC, ITM, MLM; SLIP's weak view): "none" = clean
+    view1_strength: Literal["none", "light", "medium", "strong"] = "none"
     flip: Literal["swap", "allow", "forbid"] = "swap"  # LateralityAwareFlip mode: swap (flip + fix left/right)
     flip_p: float = 0.5
     text: bool = True  # negation- and laterality-safe caption augmentation for the second text view
@@ -285,17 +288,23 @@ class BatchMaker:
         a = cfg.augment
         self.cfg, self.tok, self.device = cfg, tokenizer, device
         self.flip = LateralityAwareFlip(p=a.flip_p, mode=a.flip if a.enabled else "forbid", generator=0)
-        self.views = {m: (preset(m, a.strength, generator=0), preset(m, a.strength, generator=1))
-                      for m in ("xray", "mri", "ultrasound", "generic")} if a.enabled else {}
+        def make(strength: str, seed: int):
+            return (lambda x: x) if strength == "none" else preset(m, strength, generator=seed)
+
+        self.views = {}
+        if a.enabled:
+            for m in ("xray", "mri", "ultrasound", "generic"):
+                self.views[m] = (make(a.view1_strength, 0), make(a.strength, 1))
         mask = tokenizer.mask_token or "[MASK]"
         self.text_aug = CaptionAugment(alpha=a.text_alpha, p=a.text_p, mask_token=mask, generator=0) if a.enabled and a.text else None
 
     def reseed(self, *keys: object) -> None:
         base = derive_seed(self.cfg.seed, "augment", *keys)
         self.flip.manual_seed(derive_seed(base, "flip"))
-        for m, (v1, v2) in self.views.items():
-            v1.manual_seed(derive_seed(base, m, 1))
-            v2.manual_seed(derive_seed(base, m, 2))
+        for m, views in self.views.items():
+            for k, v in enumerate(views, 1):
+                if hasattr(v, "manual_seed"):
+                    v.manual_seed(derive_seed(base, m, k))
         if self.text_aug is not None:
             self.text_aug.manual_seed(derive_seed(base, "text"))
 
@@ -653,6 +662,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "meta": run_metadata(),
         }
         save_json(run_dir / "metrics.json", metrics)
+        # the trained model as a self-contained Hugging Face folder: UniMlipModel.from_pretrained(run_dir / "model")
+        model.save_pretrained(run_dir / "model", tokenizer=tokenizer, preprocessing=Preprocessing.from_config(cfg.model))
         if history:
             write_csv(history, run_dir / "log.csv")
             plot_losses(history, run_dir / "loss_curves.png")

@@ -57,6 +57,16 @@ def test_main_writes_the_run_folder(tmp_path, cache):
     header = (out / "log.csv").read_text().splitlines()[0].split(",")
     assert {"itc", "itc_feature", "image_ssl", "text_ssl", "itm", "mlm", "total"} <= set(header)
     assert len((out / "log.csv").read_text().splitlines()) == 1 + 3
+    # the run ends with a self-contained model folder whose embeddings equal the trained model's
+    from unimlip_kit.inference import embed_texts
+    from unimlip_kit.models import UniMlipModel
+
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(out / "model", moved)
+    loaded = UniMlipModel.from_pretrained(str(moved))
+    emb = embed_texts(loaded, ["Left lower lobe opacity.", "No focal lesion."])
+    assert emb.shape == (2, 16) and torch.allclose(emb.norm(dim=-1), torch.ones(2), atol=1e-5)
+    assert {"fused", "zero_shot", "linear_probe", "vqa", "vqa_floor"} <= set(metrics["eval"])
 
 
 def test_resume_gives_the_same_result(tmp_path, cache, monkeypatch):
