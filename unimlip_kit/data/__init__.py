@@ -1,6 +1,7 @@
 """Medical image–caption data: readers (ROCO, CSV/JSONL), decoding (PNG/JPEG incl. 16-bit, DICOM, NIfTI),
 Hounsfield units and 3-D volumes with spacing and orientation (``load_hu``, ``load_volume``),
-a lazily decoding Dataset that skips and counts bad pairs, the batch collate, and the synthetic benchmark.
+a lazily decoding Dataset that skips and counts bad pairs, the batch collate, the synthetic benchmark,
+and WebDataset tar shards (``write_shards``, resumable ``open_shards``).
 
 Data flow: reader -> list[ImageTextRecord] -> ImageTextDataset (decode + resize on access)
 -> DataLoader(collate_fn=dataset.collate_fn) -> batch dict (images, captions, ids, labels, group_ids, ...).
@@ -15,6 +16,7 @@ from unimlip_kit.data.records import UNKNOWN_LABEL, UNKNOWN_MODALITY, ImageTextR
 from unimlip_kit.data.resize import RESIZE_MODES, resize_image
 from unimlip_kit.data.roco import ROCO_SPLITS, read_pmc_names, read_roco, roco_split_dir
 from unimlip_kit.data.skips import SKIP_REASONS, SkipCounter
+from unimlip_kit.data.shards import ShardInfo, ShardLoader, is_shard_source, list_shards, open_shards, write_shards
 # Synthetic-generator internals (SceneSpec, render_scene, generate_samples, ...) are importable here for older
 # code but not public: use SyntheticConfig + build_synthetic_dataset / load_synthetic_records.
 from unimlip_kit.data.synth_render import SceneSpec, render_scene  # noqa: F401
@@ -50,6 +52,8 @@ __all__ = [
     "ROCO_SPLITS",
     "SCENE_TYPES",
     "SKIP_REASONS",
+    "ShardInfo",
+    "ShardLoader",
     "SkipCounter",
     "SkippedSample",
     "SyntheticConfig",
@@ -66,12 +70,15 @@ __all__ = [
     "group_ids_from_keys",
     "image_format",
     "infer_modality",
+    "is_shard_source",
+    "list_shards",
     "load_hu",
     "load_image",
     "load_synthetic_records",
     "load_volume",
     "load_vqa",
     "normalize_caption",
+    "open_shards",
     "read_csv_pairs",
     "read_image_array",
     "read_jsonl_pairs",
@@ -83,4 +90,5 @@ __all__ = [
     "resolve_window",
     "roco_split_dir",
     "verify_records",
+    "write_shards",
 ]
