@@ -24,6 +24,7 @@ MODULES = [
     "unimlip_kit.data",
     "unimlip_kit.distributed",
     "unimlip_kit.eval",
+    "unimlip_kit.gradcache",
     "unimlip_kit.inference",
     "unimlip_kit.kernels",
     "unimlip_kit.losses",

@@ -67,7 +67,7 @@ from unimlip_kit.distributed import is_distributed
 from unimlip_kit.ops.hard_negatives import sample_hard_negatives
 from unimlip_kit.utils.seeding import derive_seed
 
-__all__ = ["CONTRASTIVE_TERMS", "PER_PAIR_TERMS", "GradCacheOutput", "grad_cache_step"]
+__all__ = ["CONTRASTIVE_TERMS", "GradCacheOutput", "PER_PAIR_TERMS", "grad_cache_step"]
 
 #: Terms computed over the whole accumulated batch from cached embeddings.
 CONTRASTIVE_TERMS = ("itc", "itc_feature", "image_ssl", "text_ssl")

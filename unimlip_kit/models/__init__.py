@@ -1,6 +1,7 @@
 """UniMlipModel and its parts: Hugging Face towers, projections, fusion encoder, ITM and MLM heads."""
 
 from unimlip_kit.models.attention import attention
+from unimlip_kit.models.checkpointing import enable_gradient_checkpointing
 from unimlip_kit.models.config import UniMlipModelConfig
 from unimlip_kit.models.fusion import FusionEncoder, FusionLayer, MultiHeadAttention
 from unimlip_kit.models.heads import ITMHead, MLMHead, ProjectionHead
@@ -26,5 +27,6 @@ __all__ = [
     "attention",
     "build_image_tower",
     "build_text_tower",
+    "enable_gradient_checkpointing",
     "keep_tokens",
 ]

@@ -45,6 +45,9 @@ class UniMlipModelConfig:
         mask_token_id, special_token_ids: the tokenizer's [MASK] and special ids (MLM masking
             inside ``forward``; set by the recipe from the tokenizer).
         mlm_probability: BERT's selection rate for image-conditioned MLM.
+        gradient_checkpointing: recompute the towers' activations in backward instead of keeping them
+            (:func:`~unimlip_kit.models.checkpointing.enable_gradient_checkpointing`): less memory, one
+            more tower forward per step.
 
     Example:
         >>> cfg = UniMlipModelConfig(vision_width=32, text_width=32, embed_dim=16, special_token_ids=[0, 1])
@@ -92,3 +95,4 @@ class UniMlipModelConfig:
     mask_token_id: int | None = None
     special_token_ids: list[int] = field(default_factory=list)
     mlm_probability: float = 0.15
+    gradient_checkpointing: bool = False

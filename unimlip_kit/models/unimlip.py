@@ -101,6 +101,10 @@ class UniMlipModel(nn.Module, UniMlipHubMixin):
         vocab = int(getattr(self.text_tower.config, "vocab_size", cfg.vocab_size))
         self.mlm_head = MLMHead(tw, vocab)
         self.vocab_size = vocab
+        if cfg.gradient_checkpointing:
+            from unimlip_kit.models.checkpointing import enable_gradient_checkpointing
+
+            enable_gradient_checkpointing(self)
 
     # ------------------------------------------------------------------ towers
     def image_tokens(self, images: torch.Tensor, keep_index: torch.Tensor | None = None) -> torch.Tensor:
