@@ -423,7 +423,7 @@ def _raw_samples(path: str, count: int) -> Iterator[dict[str, Any]]:
     n = 0
     try:
         with _open_shard(path) as fh:
-            files = tar_file_expander([{"url": path, "stream": fh}], handler=stop, eof_value=None)
+            files = tar_file_expander([{"url": path, "stream": fh}], handler=stop)
             for sample in group_by_keys(files, handler=keep_first):
                 if n == count:
                     warnings.warn(f"{path} has more samples than its index says ({count}); reading {count}", stacklevel=2)
