@@ -218,7 +218,8 @@ def _gather_rows(batches: Sequence[Mapping[str, torch.Tensor]], offsets: torch.T
     return out
 
 
-def _itm_micro(model: nn.Module, batches, offsets: torch.Tensor, m: int, img_tokens: torch.Tensor,
+def _itm_micro(model: nn.Module, batches, batch: Mapping[str, torch.Tensor], offsets: torch.Tensor, m: int,
+               img_tokens: torch.Tensor,
                txt_hidden: torch.Tensor, t4i: torch.Tensor, i4t: torch.Tensor):
     """(logits, labels) of the ITM pairs anchored in micro-batch ``m``, partners recomputed with a graph."""
     r0, r1 = int(offsets[m]), int(offsets[m + 1])
@@ -230,7 +231,7 @@ def _itm_micro(model: nn.Module, batches, offsets: torch.Tensor, m: int, img_tok
     foreign_img = neg_image[(neg_image < r0) | (neg_image >= r1)].unique()
 
     pad_id = int(getattr(model.config, "pad_token_id", 0))
-    mask = _text_mask(batches[m]).to(dev)
+    mask = _text_mask(batch).to(dev)
     image_states, text_states, text_masks = [img_tokens], [txt_hidden], [mask]
     if foreign_img.numel():
         (imgs,) = _gather_rows(batches, offsets.cpu(), foreign_img.cpu(), ("images",), pad_id)
@@ -299,34 +300,40 @@ def _average_gradients(model: nn.Module, bucket_bytes: int = 25 * 2**20) -> None
                 off += g.numel()
 
 
-def _group_ids(batches: Sequence[Mapping[str, torch.Tensor]]) -> torch.Tensor | None:
-    """Per-micro-batch group ids renumbered so groups of different micro-batches never merge."""
-    if all(b.get("group_ids") is None for b in batches):
+def _renumber_groups(parts: Sequence[tuple[int, torch.Tensor | None]]) -> torch.Tensor | None:
+    """Per-micro-batch ``(size, group_ids or None)`` renumbered so groups of different micro-batches never merge."""
+    if all(g is None for _, g in parts):
         return None
     out, base = [], 0
-    for b in batches:
-        n = b["input_ids"].shape[0]
-        g = b.get("group_ids")
+    for n, g in parts:
         g = torch.arange(n) if g is None else torch.as_tensor(g).reshape(-1).long().cpu()
-        if g.shape[0] != n:
-            raise ValueError(f"group_ids has {g.shape[0]} entries for a micro-batch of {n} pairs")
         g = torch.unique(g, return_inverse=True)[1]
         out.append(g + base)
         base += int(g.max()) + 1 if n else 0
     return torch.cat(out)
 
 
+def _group_ids(batches: Sequence[Mapping[str, torch.Tensor]]) -> torch.Tensor | None:
+    return _renumber_groups([(b["input_ids"].shape[0], b.get("group_ids")) for b in batches])
+
+
 def _check_batches(batches: Sequence[Mapping[str, torch.Tensor]]) -> None:
     if isinstance(batches, Mapping) or not isinstance(batches, Sequence) or len(batches) == 0:
         raise ValueError(f"batches must be a non-empty sequence of micro-batch mappings, got {type(batches).__name__}")
-    for m, b in enumerate(batches):
-        for key in ("images", "input_ids"):
-            if key not in b:
-                raise ValueError(f"micro-batch {m} lacks {key!r}; it has {sorted(b)}")
-        n = b["input_ids"].shape[0]
-        if n == 0 or b["images"].shape[0] != n:
-            raise ValueError(f"micro-batch {m} has {b['images'].shape[0]} images and {n} captions; "
-                             f"each micro-batch needs the same number (>= 1) of both")
+
+
+def _check_micro(m: int, b: Mapping[str, torch.Tensor]) -> int:
+    for key in ("images", "input_ids"):
+        if key not in b:
+            raise ValueError(f"micro-batch {m} lacks {key!r}; it has {sorted(b)}")
+    n = b["input_ids"].shape[0]
+    if n == 0 or b["images"].shape[0] != n:
+        raise ValueError(f"micro-batch {m} has {b['images'].shape[0]} images and {n} captions; "
+                         f"each micro-batch needs the same number (>= 1) of both")
+    g = b.get("group_ids")
+    if g is not None and torch.as_tensor(g).reshape(-1).shape[0] != n:
+        raise ValueError(f"micro-batch {m}: group_ids has {torch.as_tensor(g).reshape(-1).shape[0]} entries for {n} pairs")
+    return int(n)
 
 
 # ---------------------------------------------------------------------------------------------- the step
@@ -355,8 +362,10 @@ def grad_cache_step(
         loss_fn: a :class:`~unimlip_kit.losses.UniMlipLoss`; its weights, ``itc_loss`` (InfoNCE or
             SigLIP), ``image_ssl`` and ``backend`` apply.
         batches: the micro-batches of this optimizer step (the model's batch mappings, already
-            augmented and tokenised; they are kept until the step ends, since ITM partners are
-            recomputed from them).
+            augmented and tokenised), read twice (embedding pass, replay) and, with ITM, again
+            for the partner rows of other micro-batches. A list keeps every input in memory
+            (N images); a lazy ``Sequence`` whose ``__getitem__`` rebuilds micro-batch ``m``
+            identically (same augmentation seed) keeps one at a time.
         terms: the model terms to run (default: ``loss_fn.enabled_terms``).
         generator: the model's generator (token keeping, MLM masking, hard negatives).
         reseed: ``reseed(m)`` restarts every random stream of micro-batch ``m`` (the recipe's
@@ -398,10 +407,6 @@ def grad_cache_step(
     per_pair = [t for t in PER_PAIR_TERMS if t in terms and weights.get(t, 0) > 0]
     if not contrastive and not per_pair:
         raise ValueError(f"nothing to optimise: terms {sorted(terms)} with weights {weights}")
-    sizes = [int(b["input_ids"].shape[0]) for b in batches]
-    offsets = torch.tensor([0] + sizes).cumsum(0)
-    n = int(offsets[-1])
-    device = batches[0]["images"].device
     restore = None
     if reseed is None:
         reseed, restore = _own_streams(generator)
@@ -410,8 +415,15 @@ def grad_cache_step(
     saved_bn = _batchnorm_buffers(core)
     cached: dict[str, list[torch.Tensor]] = {}
     mlm_inputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+    sizes: list[int] = []
+    groups: list[tuple[int, torch.Tensor | None]] = []
     with torch.no_grad():
-        for m, batch in enumerate(batches):
+        for m in range(len(batches)):
+            batch = batches[m]  # a lazy Sequence may rebuild the micro-batch on each access
+            sizes.append(_check_micro(m, batch))
+            groups.append((sizes[-1], batch.get("group_ids")))
+            if m == 0:
+                device = batch["images"].device
             reseed(m)
             out, _, _ = _tower_outputs(core, batch, terms, generator)
             for k, v in out.items():
@@ -419,6 +431,8 @@ def grad_cache_step(
             if "mlm" in per_pair:
                 mlm_inputs.append(tuple(t.detach() for t in core._masked(batch, generator)))
     _restore_buffers(saved_bn)
+    offsets = torch.tensor([0] + sizes).cumsum(0)
+    n = int(offsets[-1])
     if restore is not None:
         restore()  # the hard negatives below come from the caller's generator as it stood at entry
     cache = {k: torch.cat(v) for k, v in cached.items()}
@@ -451,7 +465,7 @@ def grad_cache_step(
     # ---- 3. ITM hard negatives over the whole accumulated batch
     itm_total = mlm_total = 0
     if "itm" in per_pair:
-        ids = group_ids if group_ids is not None else _group_ids(batches)
+        ids = group_ids if group_ids is not None else _renumber_groups(groups)
         if ids is not None and tuple(ids.shape) != (n,):
             raise ValueError(f"group_ids must have shape ({n},) for the accumulated batch, got {tuple(ids.shape)}")
         t4i, i4t = sample_hard_negatives(cache["image_emb"].detach(), cache["text_emb"].detach(), scale.detach(),
@@ -467,7 +481,8 @@ def grad_cache_step(
     # ---- 4. replay each micro-batch with a graph; backpropagate the cached gradients and the per-pair terms
     itm_sum = torch.zeros((), device=device)
     mlm_sum = torch.zeros((), device=device)
-    for m, batch in enumerate(batches):
+    for m in range(len(batches)):
+        batch = batches[m]
         reseed(m)
         r0, r1 = int(offsets[m]), int(offsets[m + 1])
         out, img_tokens, txt_hidden = _tower_outputs(core, batch, terms, generator)
@@ -475,7 +490,7 @@ def grad_cache_step(
         tensor_grads = [grads[k][r0:r1] for k in grads]
         pair_loss = None
         if "itm" in per_pair:
-            logits, labels = _itm_micro(core, batches, offsets, m, img_tokens, txt_hidden, t4i, i4t)
+            logits, labels = _itm_micro(core, batches, batch, offsets, m, img_tokens, txt_hidden, t4i, i4t)
             part = loss_fn.loss_itm({"itm_logits": logits, "itm_labels": labels}) * (labels.shape[0] / itm_total)
             itm_sum += part.detach()
             pair_loss = weights["itm"] * part
