@@ -71,13 +71,22 @@ def test_two_views_are_independent_and_replay():
     assert torch.equal(a, a2) and torch.equal(b, b2)
 
 
-def test_preview_writes_one_png_per_strength(tmp_path, capsys):
-    paths = main(["--modality", "ct", "--out", str(tmp_path / "p.png"), "--n", "3", "--size", "32", "--strengths", "light", "strong"])
-    assert [p.name for p in paths] == ["p_light.png", "p_strong.png"]
+def test_preview_writes_the_out_path_with_the_original_first(tmp_path, capsys):
+    paths = main(["--modality", "ct", "--out", str(tmp_path / "p.png"), "--n", "3", "--size", "32", "--cols", "4",
+                  "--strengths", "light", "strong"])
+    assert paths == [tmp_path / "p.png"] and sorted(f.name for f in tmp_path.iterdir()) == ["p.png"]
     from PIL import Image
 
     with Image.open(paths[0]) as im:
-        assert im.size[0] > 32 * 3 and im.mode == "RGB"
+        assert im.mode == "RGB" and im.size[0] == 4 * (32 + 4) + 4
+        sheet = np.asarray(im)
+    # block 1 = title band, label band, then the original tile in the soft-tissue window (40, 400) as drawn
+    img = sample_image("ct", 32, 0)
+    expected = (((img - (40 - 200)) / 400).clamp(0, 1) * 255).round().to(torch.uint8)[0].numpy()
+    tile = sheet[14 + 4 + 12: 14 + 4 + 12 + 32, 4:36, 0]
+    np.testing.assert_array_equal(tile, expected)
+    band = sheet[14 + 4: 14 + 4 + 12, 4:36]
+    assert (band[..., 0].astype(int) - band[..., 1] > 100).any()  # the red "original" label
 
 
 def test_preview_reads_png16_and_dicom(tmp_path):
@@ -88,7 +97,7 @@ def test_preview_reads_png16_and_dicom(tmp_path):
     img = load_image(tmp_path / "x16.png", "xray")
     np.testing.assert_allclose(img[0].numpy(), arr / 65535.0, atol=1e-7)
     main(["--image", str(tmp_path / "x16.png"), "--out", str(tmp_path / "o.png"), "--n", "2", "--size", "32", "--strengths", "medium"])
-    assert (tmp_path / "o_medium.png").exists()
+    assert (tmp_path / "o.png").exists() and not (tmp_path / "o_medium.png").exists()
 
     pydicom = pytest.importorskip("pydicom")
     from pydicom.dataset import FileMetaDataset

@@ -3,8 +3,9 @@
 Reads an image (PNG/JPEG via Pillow, 16-bit PNG included; DICOM via pydicom,
 ``pip install 'unimlip_kit[medical]'``) or generates a phantom
 (:func:`~unimlip_kit.augment.samples.sample_image`), brings it to the preset's
-input range, and writes one PNG grid per strength: the original first, then
-``--n`` augmented samples drawn with ``--seed``.
+input range, and writes ONE PNG at ``--out``: a block per strength, each the
+original (labelled ``original``) followed by ``--n`` augmented views drawn with
+``--seed`` (labelled ``<strength> 1..n``).
 
 Examples::
 
@@ -28,7 +29,7 @@ from unimlip_kit.augment.ranges import to_float
 from unimlip_kit.augment.samples import sample_image
 from unimlip_kit.utils.optional import require
 
-__all__ = ["load_image", "main", "render_grid"]
+__all__ = ["load_image", "main", "render_grid", "render_labelled"]
 
 
 def _read_dicom(path: Path, modality: str) -> torch.Tensor:
@@ -107,22 +108,49 @@ def render_grid(images: torch.Tensor, cols: int, pad: int = 4) -> np.ndarray:
     return canvas
 
 
+def render_labelled(images: torch.Tensor, labels: Sequence[str], cols: int, title: str = "", pad: int = 4) -> np.ndarray:
+    """:func:`render_grid` with a text label above every tile (and an optional title line above the grid).
+
+    Example:
+        >>> render_labelled(torch.zeros(3, 1, 8, 8), ["original", "light 1", "light 2"], cols=3, title="light").shape[2]
+        3
+    """
+    from PIL import Image, ImageDraw
+
+    n, c, h, w = images.shape
+    if len(labels) != n:
+        raise ValueError(f"{n} images but {len(labels)} labels")
+    band, head = 12, (14 if title else 0)
+    rows = math.ceil(n / cols)
+    canvas = Image.new("RGB", (cols * (w + pad) + pad, head + rows * (h + band + pad) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((pad, 1), title, fill=(0, 0, 0))
+    tiles = render_grid(images, cols=1, pad=0).reshape(n, h, w, 3)
+    for i in range(n):
+        r, q = divmod(i, cols)
+        x, y = pad + q * (w + pad), head + pad + r * (h + band + pad)
+        draw.text((x, y), labels[i][: max(1, w // 6)], fill=(180, 0, 0) if i == 0 else (0, 0, 0))
+        canvas.paste(Image.fromarray(tiles[i]), (x, y + band))
+    return np.asarray(canvas)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> List[Path]:
-    """Write one preview grid per strength; returns the written paths.
+    """Write the preview PNG at ``--out`` (one labelled block per strength); returns ``[path]``.
 
     Example:
         >>> import tempfile
         >>> out = Path(tempfile.mkdtemp()) / "mri.png"
         >>> [p.name for p in main(["--modality", "mri", "--out", str(out), "--n", "2", "--size", "16", "--strengths", "light"])]
-        light: ...mri_light.png
-        ['mri_light.png']
+        wrote ...mri.png (light: original + 2 views)
+        ['mri.png']
     """
     ap = argparse.ArgumentParser(prog="python -m unimlip_kit.augment.preview", description=__doc__.split("\n")[0])
     ap.add_argument("--image", default=None, help="PNG, JPEG or DICOM file (default: a generated phantom)")
     ap.add_argument("--modality", default="xray", choices=PRESET_MODALITIES)
-    ap.add_argument("--out", default="augment_preview.png", help="output path; '_<strength>' is added before .png")
+    ap.add_argument("--out", default="augment_preview.png", help="the PNG to write (one block per strength)")
     ap.add_argument("--strengths", nargs="+", default=list(STRENGTHS), choices=STRENGTHS)
-    ap.add_argument("--n", type=int, default=11, help="augmented samples per grid")
+    ap.add_argument("--n", type=int, default=11, help="augmented samples per strength")
     ap.add_argument("--size", type=int, default=256, help="images are resized to size x size")
     ap.add_argument("--cols", type=int, default=6)
     ap.add_argument("--seed", type=int, default=0)
@@ -143,17 +171,19 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Path]:
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    written = []
+    blocks = []
     for strength in args.strengths:
         aug = preset(args.modality, strength, generator=args.seed)
         with torch.no_grad():
             views = aug(batch)
-        grid = render_grid(torch.cat([original, views]), cols=args.cols)
-        path = out.with_name(f"{out.stem}_{strength}.png")
-        Image.fromarray(grid).save(path)
-        written.append(path)
-        print(f"{strength}: {path}")
-    return written
+        labels = ["original"] + [f"{strength} {k}" for k in range(1, args.n + 1)]
+        title = f"{args.modality} / {strength}: original, then {args.n} views (seed {args.seed})"
+        blocks.append(render_labelled(torch.cat([original, views]), labels, cols=args.cols, title=title))
+    width = max(b.shape[1] for b in blocks)
+    sheet = np.concatenate([np.pad(b, ((0, 0), (0, width - b.shape[1]), (0, 0)), constant_values=255) for b in blocks])
+    Image.fromarray(sheet).save(out)
+    print(f"wrote {out} ({', '.join(args.strengths)}: original + {args.n} views)")
+    return [out]
 
 
 if __name__ == "__main__":
