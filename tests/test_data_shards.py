@@ -23,7 +23,7 @@ pytest.importorskip("webdataset")
 
 from unimlip_kit.data import (ImageTextDataset, ImageTextRecord, SkipCounter, SyntheticConfig, build_dataloader,  # noqa: E402
                               build_synthetic_dataset, is_shard_source, list_shards, open_shards, read_roco,
-                              write_shards)
+                              read_shard_metadata, write_shards)
 from unimlip_kit.data import __main__ as data_cli  # noqa: E402
 from unimlip_kit.data import shards as shards_mod  # noqa: E402
 
@@ -140,6 +140,13 @@ def test_layout_is_webdataset_and_deterministic(records, shard_dir, tmp_path):
     assert [(m["id"], m["label"], m["group"], m["modality"]) for m in meta] == [
         (r.id, r.label, r.group, r.modality) for r in records]
     assert all(s["jpg"] == r.image_path.read_bytes() for s, r in zip(seen, records))
+
+
+def test_metadata_without_images(records, shard_dir):
+    meta = read_shard_metadata(shard_dir)
+    assert [(m["id"], m["caption"], m["label"], m["group"], m["modality"]) for m in meta] == [
+        (r.id, r.caption, r.label, r.group, r.modality) for r in records]
+    assert [m["key"] for m in meta] == [f"{i:09d}" for i in range(40)] and meta[6]["shard"].endswith("syn-000001.tar")
 
 
 def test_write_refuses_to_mix_and_validates(records, shard_dir, tmp_path):

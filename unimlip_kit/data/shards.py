@@ -79,7 +79,8 @@ from unimlip_kit.utils.io import save_json
 from unimlip_kit.utils.optional import require
 from unimlip_kit.utils.seeding import derive_seed, make_generator, seed_worker
 
-__all__ = ["INDEX_NAME", "ShardInfo", "ShardLoader", "is_shard_source", "list_shards", "open_shards", "write_shards"]
+__all__ = ["INDEX_NAME", "ShardInfo", "ShardLoader", "is_shard_source", "list_shards", "open_shards", "read_shard_metadata",
+           "write_shards"]
 
 #: Name of the index a folder of shards carries (sample counts; written by :func:`write_shards`).
 INDEX_NAME = "index.json"
@@ -329,6 +330,67 @@ def list_shards(source: str | os.PathLike) -> list[ShardInfo]:
         if samples < 0 or size != p.stat().st_size:  # not indexed, or rewritten since: count the headers
             samples = _count_samples(path)
         out.append(ShardInfo(str(p), samples))
+    return out
+
+
+def read_shard_metadata(source: str | os.PathLike | Sequence[ShardInfo]) -> list[dict[str, Any]]:
+    """``id``, ``caption``, ``label``, ``group``, ``modality``, ``shard`` and ``key`` of every sample, images unread.
+
+    For what needs the captions before training (a tokenizer's vocabulary, counts): the tars are opened for
+    random access, so image members are seeked over. A caption that is missing or not UTF-8 is ``""``, a bad
+    ``.json`` gives the defaults (the loader skips and counts such samples when it meets them).
+
+    Example:
+        >>> import tempfile
+        >>> from PIL import Image
+        >>> d = Path(tempfile.mkdtemp()); Image.new("L", (4, 4)).save(d / "a.png")
+        >>> _ = write_shards([ImageTextRecord("r0", d / "a.png", "CT head.", label=3, modality="ct")], d)
+        >>> [(m["id"], m["caption"], m["label"], m["modality"]) for m in read_shard_metadata(d)]
+        [('r0', 'CT head.', 3, 'ct')]
+    """
+    from webdataset.tariterators import base_plus_ext
+
+    shards = list_shards(source) if isinstance(source, (str, os.PathLike)) else list(source)
+    out: list[dict[str, Any]] = []
+
+    def entry(path: str, key: str, members: dict[str, bytes]) -> dict[str, Any]:
+        try:
+            meta = json.loads(members["json"].decode("utf-8")) if "json" in members else {}
+        except (UnicodeDecodeError, ValueError):
+            meta = {}
+        meta = meta if isinstance(meta, dict) else {}
+        try:
+            caption = members.get("txt", b"").decode("utf-8")
+        except UnicodeDecodeError:
+            caption = ""
+        return {"id": str(meta.get("id", f"{Path(path).name}:{key}")), "caption": caption, "label": meta.get("label", -1),
+                "group": str(meta.get("group", "") or ""), "modality": str(meta.get("modality", UNKNOWN_MODALITY)),
+                "shard": path, "key": key}
+
+    for info in shards:
+        n, key, members = 0, None, {}
+        try:
+            with tarfile.open(info.path, "r:") as tf:
+                for m in tf:
+                    if not m.isreg() or _skipped_member(m.name):
+                        continue
+                    k, ext = base_plus_ext(m.name)
+                    if k is None:
+                        continue
+                    if k != key:
+                        if key is not None:
+                            out.append(entry(info.path, key, members))
+                            n += 1
+                        if n == info.samples:
+                            key = None
+                            break
+                        key, members = k, {}
+                    if ext.lower() in ("txt", "json") and ext.lower() not in members:
+                        members[ext.lower()] = tf.extractfile(m).read()
+        except (tarfile.TarError, OSError, EOFError) as err:
+            warnings.warn(f"{info.path}: tar unreadable after {n} samples ({err})", stacklevel=2)
+        if key is not None and n < info.samples:
+            out.append(entry(info.path, key, members))
     return out
 
 
