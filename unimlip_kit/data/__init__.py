@@ -16,7 +16,8 @@ from unimlip_kit.data.records import UNKNOWN_LABEL, UNKNOWN_MODALITY, ImageTextR
 from unimlip_kit.data.resize import RESIZE_MODES, resize_image
 from unimlip_kit.data.roco import ROCO_SPLITS, read_pmc_names, read_roco, roco_split_dir
 from unimlip_kit.data.skips import SKIP_REASONS, SkipCounter
-from unimlip_kit.data.shards import ShardInfo, ShardLoader, is_shard_source, list_shards, open_shards, write_shards
+from unimlip_kit.data.shards import (ShardInfo, ShardLoader, is_shard_source, list_shards, open_shards, read_shard_metadata,
+                                     write_shards)
 # Synthetic-generator internals (SceneSpec, render_scene, generate_samples, ...) are importable here for older
 # code but not public: use SyntheticConfig + build_synthetic_dataset / load_synthetic_records.
 from unimlip_kit.data.synth_render import SceneSpec, render_scene  # noqa: F401
@@ -85,6 +86,7 @@ __all__ = [
     "read_pairs",
     "read_pmc_names",
     "read_roco",
+    "read_shard_metadata",
     "reorient",
     "resize_image",
     "resolve_window",
