@@ -57,6 +57,7 @@ import io
 import itertools
 import json
 import math
+import numbers
 import os
 import random
 import re
@@ -767,10 +768,12 @@ def open_shards(
     require("webdataset", "shards", "reading WebDataset shards")
     for name, v, low in (("batch_size", batch_size, 1), ("world_size", world_size, 1), ("streams", streams, 1),
                          ("num_workers", num_workers, 0), ("shuffle_buffer", shuffle_buffer, 0), ("seed", seed, None)):
-        if isinstance(v, bool) or not isinstance(v, int) or (low is not None and v < low):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or (low is not None and v < low):
             raise ValueError(f"{name} must be an integer{f' >= {low}' if low is not None else ''}, got {v!r}")
-    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+    if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, world_size), got rank={rank!r}, world_size={world_size}")
+    batch_size, world_size, streams, num_workers, shuffle_buffer, seed, rank = (
+        int(v) for v in (batch_size, world_size, streams, num_workers, shuffle_buffer, seed, rank))
     decoder = ImageTextDataset([], image_size=image_size, channels=channels, resize=resize, window=window,
                                slice_index=slice_index, slice_axis=slice_axis, max_pixels=max_pixels, transform=transform)
     if isinstance(source, (str, os.PathLike)):
