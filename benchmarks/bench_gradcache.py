@@ -2,6 +2,7 @@
 
     python benchmarks/bench_gradcache.py                       # 64 micro-batches of 64 = 4096 pairs, ITC only
     python benchmarks/bench_gradcache.py --micro 16 --micro-batch 64 --terms all
+    python benchmarks/bench_gradcache.py --methods loss_only --merge   # add one method to the existing JSON
 
 The model is the recipe's default (``UniMlipModelConfig(image_tower="resnet", image_pool="attn")``,
 vocabulary 1000, 64×64 grey images, captions of ``--text-len`` tokens). Configurations, each in a
@@ -11,6 +12,11 @@ fresh process, one thread:
 * ``gradcache``: :func:`unimlip_kit.gradcache.grad_cache_step` over all micro-batches (one loss over
   all N pairs);
 * ``plain``: plain accumulation (each micro-batch's loss on its own, ``/ grad_accum``, backward);
+* ``loss_only``: the ITC loss forward/backward over N random embeddings (the part of ``gradcache``
+  that plain accumulation does not compute: the N-pair loss itself);
+* ``interleaved``: plain accumulation, gradient caching and a no-grad forward over ``--check-micro``
+  micro-batches, alternated three times in one process (medians): on a shared CPU the sequential
+  runs above see different loads, this ratio (of the fastest of three) much less;
 * ``open_clip_accum_freq_reimpl``: a faithful re-implementation of open_clip's ``--accum-freq``
   loop (``open_clip_train/train.py::train_one_epoch``, open_clip_torch 3.3.0; not driven directly
   because ``open_clip`` imports torchvision, which this environment lacks): features of every
@@ -115,8 +121,41 @@ def worker(cfg: dict) -> dict:
 
     method = cfg["method"]
     extra: dict = {}
+    if method == "loss_only":  # the part gradient caching adds beyond one more forward: the loss over all N
+        from unimlip_kit.losses.itc import image_text_contrastive_loss
+
+        n, d = cfg["micro"] * cfg["micro_batch"], model.config.embed_dim
+        emb = [torch.nn.functional.normalize(torch.randn(n, d, generator=torch.Generator().manual_seed(i)), dim=1)
+               .requires_grad_() for i in range(2)]
+        scale = model.logit_scale()
     t0 = time.perf_counter()
-    if method in ("micro", "plain"):
+    if method == "interleaved":  # the same work alternated in one process: a shared CPU's load hits all alike
+        small = LazyBatches(cfg["check_micro"], cfg["micro_batch"], cfg["text_len"], cfg["vocab"])
+
+        def run_plain() -> None:
+            for m in range(len(small)):
+                loss_fn(model(small[m], terms, generator=gen))[0].div(len(small)).backward()
+
+        def run_forward() -> None:
+            with torch.no_grad():
+                for m in range(len(small)):
+                    model(small[m], terms, generator=gen)
+
+        times: dict[str, list[float]] = {"plain": [], "gradcache": [], "forward_no_grad": []}
+        fns = {"plain": run_plain, "gradcache": lambda: grad_cache_step(model, loss_fn, small, terms=terms, generator=gen),
+               "forward_no_grad": run_forward}
+        for _ in range(3):
+            for k, fn in fns.items():
+                t = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t)
+        med = {k: min(v) for k, v in times.items()}  # the least-disturbed run of each (other jobs share the CPU)
+        extra = {"check_pairs": len(small) * cfg["micro_batch"], "seconds_all": times, "seconds_min": med,
+                 "gradcache_vs_plain": med["gradcache"] / med["plain"],
+                 "plain_plus_forward_vs_plain": (med["plain"] + med["forward_no_grad"]) / med["plain"]}
+    elif method == "loss_only":
+        image_text_contrastive_loss(emb[0], emb[1], scale).backward()
+    elif method in ("micro", "plain"):
         for m in range(len(batches)):
             total, _ = loss_fn(model(batches[m], terms, generator=gen))
             (total / len(batches)).backward()
@@ -171,7 +210,7 @@ def worker(cfg: dict) -> dict:
 
         extra = {"seconds_forward_no_grad": best(fwd), "seconds_forward_backward": best(fwd_bwd)}
         extra["time_floor_vs_plain"] = 1 + extra["seconds_forward_no_grad"] / extra["seconds_forward_backward"]
-    pairs = len(batches) * cfg["micro_batch"]
+    pairs = (cfg["micro"] if method == "loss_only" else len(batches)) * cfg["micro_batch"]
     return {**cfg, **extra, "pairs": pairs, "seconds": seconds, "seconds_per_pair": seconds / pairs,
             "extra_peak_bytes": peak, "extra_peak_mib": peak / 2**20, "input_bytes": batches.input_bytes(),
             "embed_dim": model.config.embed_dim}
@@ -198,7 +237,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = [r for r in rows if "error" not in r]
+    ok = [r for r in rows if "error" not in r and r["method"] not in ("loss_only", "interleaved")]
     names = [r["method"] for r in ok]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     ax1.bar(names, [r["extra_peak_mib"] for r in ok], color="tab:blue")
@@ -223,7 +262,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--terms", default="itc", help="'itc' or 'all' or a comma list")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--openclip-replays", type=int, default=8)
-    p.add_argument("--methods", default="micro,gradcache,plain,open_clip_accum_freq_reimpl")
+    p.add_argument("--check-micro", type=int, default=8, help="micro-batches of the interleaved timing check")
+    p.add_argument("--methods", default="micro,gradcache,plain,open_clip_accum_freq_reimpl,loss_only,interleaved")
+    p.add_argument("--merge", action="store_true", help="keep the other methods' rows of an existing --out JSON")
     p.add_argument("--out", default=str(RESULTS / "gradcache_cpu.json"))
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -238,9 +279,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     terms = ALL_TERMS if args.terms == "all" else tuple(t for t in args.terms.split(",") if t)
     base = {"micro": args.micro, "micro_batch": args.micro_batch, "text_len": args.text_len, "vocab": args.vocab,
-            "terms": list(terms), "threads": args.threads, "openclip_replays": args.openclip_replays}
+            "terms": list(terms), "threads": args.threads, "openclip_replays": args.openclip_replays,
+            "check_micro": args.check_micro}
     rows = []
-    for method in args.methods.split(","):
+    out = Path(args.out)
+    methods = args.methods.split(",")
+    if args.merge and out.exists():
+        rows = [r for r in json.loads(out.read_text())["results"] if r.get("method") not in methods]
+    for method in methods:
         if method == "open_clip_accum_freq_reimpl" and terms != ("itc",):
             continue
         row = run_worker(__file__, {**base, "method": method})
@@ -267,11 +313,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for name in ("gradcache", "open_clip_accum_freq_reimpl"):
         if name in by and "plain" in by:
             summary[f"time_{name}_vs_plain"] = by[name]["seconds_per_pair"] / by["plain"]["seconds_per_pair"]
+    if "loss_only" in by and "gradcache" in by and "plain" in by:
+        # gradient caching less the loss over all N pairs (plain accumulation has no such loss): the replay's price
+        summary["time_gradcache_without_big_batch_loss_vs_plain"] = (
+            (by["gradcache"]["seconds"] - by["loss_only"]["seconds"]) / by["gradcache"]["pairs"]
+            / by["plain"]["seconds_per_pair"])
+    if "interleaved" in by:
+        summary["interleaved_check"] = {k: by["interleaved"][k] for k in
+                                        ("check_pairs", "gradcache_vs_plain", "plain_plus_forward_vs_plain")}
     summary["targets"] = {"memory_gradcache_vs_micro_plus_cache": 1.3, "time_gradcache_vs_plain": 1.4}
     print_table(rows, [("method", "method"), ("seconds", "s"), ("seconds_per_pair", "s/pair"),
                        ("extra_peak_mib", "peak MiB")])
     print(json.dumps(summary, indent=1))
-    out = Path(args.out)
     meta = run_metadata()
     save_json(out, {"benchmark": "gradcache", "metadata": meta, "summary": summary, "results": rows})
     plot(rows, out.with_suffix(".png"),
