@@ -7,10 +7,11 @@ Data flow: reader -> list[ImageTextRecord] -> ImageTextDataset (decode + resize 
 -> DataLoader(collate_fn=dataset.collate_fn) -> batch dict (images, captions, ids, labels, group_ids, ...).
 """
 
-from unimlip_kit.data.collate import ImageTextCollate, collate_image_text, group_ids_from_keys, normalize_caption
+from unimlip_kit.data.collate import (ImageTextCollate, collate_image_text, group_ids_from_keys, normalize_caption,
+                                      regroup_after_flip)
 from unimlip_kit.data.dataset import ImageTextDataset, SkippedSample
 from unimlip_kit.data.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, image_format, load_image, read_image_array
-from unimlip_kit.data.loader import EpochSampler, build_dataloader
+from unimlip_kit.data.loader import EpochSampler, StepStream, build_dataloader
 from unimlip_kit.data.modality import MODALITIES, infer_modality
 from unimlip_kit.data.records import UNKNOWN_LABEL, UNKNOWN_MODALITY, ImageTextRecord
 from unimlip_kit.data.resize import RESIZE_MODES, resize_image
@@ -57,6 +58,7 @@ __all__ = [
     "ShardLoader",
     "SkipCounter",
     "SkippedSample",
+    "StepStream",
     "SyntheticConfig",
     "UNKNOWN_LABEL",
     "UNKNOWN_MODALITY",
@@ -87,6 +89,7 @@ __all__ = [
     "read_pmc_names",
     "read_roco",
     "read_shard_metadata",
+    "regroup_after_flip",
     "reorient",
     "resize_image",
     "resolve_window",

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import torch
 
-__all__ = ["ImageTextCollate", "collate_image_text", "group_ids_from_keys", "normalize_caption"]
+__all__ = ["ImageTextCollate", "collate_image_text", "group_ids_from_keys", "normalize_caption", "regroup_after_flip"]
 
 _PUNCT_END = re.compile(r"[\s.;:,!]+$")
 
@@ -66,6 +66,50 @@ def group_ids_from_keys(keys: Sequence[Sequence[str]]) -> torch.Tensor:
     roots = [find(i) for i in range(len(keys))]
     number: dict[int, int] = {}
     return torch.tensor([number.setdefault(r, len(number)) for r in roots], dtype=torch.long)
+
+
+def regroup_after_flip(keys: Sequence[Sequence[str]], flipped: Sequence[bool], captions: Sequence[str]) -> torch.Tensor:
+    """Group ids (same meaning = never each other's ITM negative) after a laterality-aware flip.
+
+    ``keys`` are the batch's ``group_keys`` (this module's ``"img:"``, ``"cap:"`` and ``"grp:"`` strings),
+    ``flipped`` says which samples the flip mirrored (one value applies to all) and ``captions`` are the
+    captions *after* the flip. A flipped "right lower lobe" sample now means "left lower lobe": its image
+    is a new image (``img:<key>#hflip``), its caption key is the swapped caption and its record group has
+    left and right swapped (:func:`unimlip_kit.augment.swap_laterality`), so it joins the unflipped
+    left-sided samples of its kind and leaves the right-sided ones. Components as :func:`group_ids_from_keys`.
+
+    Example:
+        >>> keys = [["img:a", "cap:mass in the right lung", "grp:ct|right"],
+        ...         ["img:b", "cap:nodule in the left lung", "grp:ct|left"]]
+        >>> regroup_after_flip(keys, [False, True], ["Mass in the right lung.", "Nodule in the right lung."]).tolist()
+        [0, 0]
+        >>> regroup_after_flip(keys, [False], ["Mass in the right lung.", "Nodule in the left lung."]).tolist()
+        [0, 1]
+    """
+    from unimlip_kit.augment.laterality import swap_laterality
+
+    flipped = list(flipped)
+    if len(flipped) == 1 and len(keys) > 1:
+        flipped = flipped * len(keys)
+    if len(flipped) != len(keys) or len(captions) != len(keys):
+        raise ValueError(f"regroup_after_flip needs one flag and one caption per sample: {len(keys)} keys, "
+                         f"{len(flipped)} flags, {len(captions)} captions")
+    out = []
+    for ks, f, cap in zip(keys, flipped, captions):
+        if not f:
+            out.append(list(ks))
+            continue
+        new = []
+        for k in ks:
+            if k.startswith("img:"):
+                k = k + "#hflip"
+            elif k.startswith("cap:"):
+                k = "cap:" + normalize_caption(cap)
+            elif k.startswith("grp:"):
+                k = "grp:" + swap_laterality(k[4:])
+            new.append(k)
+        out.append(new)
+    return group_ids_from_keys(out)
 
 
 class ImageTextCollate:

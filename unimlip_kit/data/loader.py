@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from unimlip_kit.data.collate import collate_image_text
 from unimlip_kit.utils.seeding import derive_seed, make_generator, seed_worker
 
-__all__ = ["EpochSampler", "build_dataloader"]
+__all__ = ["EpochSampler", "StepStream", "build_dataloader"]
 
 
 class EpochSampler(Sampler[int]):
@@ -123,3 +123,48 @@ def build_dataloader(
         persistent_workers=persistent,
         **kwargs,
     )
+
+
+class StepStream:
+    """Batches of a :func:`build_dataloader` loader in an order that depends only on its seed, resumable anywhere.
+
+    :meth:`next` returns the next batch, starting a new epoch (``sampler.set_epoch(epoch + 1)``) when one
+    ends; :meth:`position` is ``{"epoch", "batches_done"}``, and ``StepStream(loader, **position)`` continues
+    with exactly the batch the uninterrupted stream would have returned next (the sampler skips the
+    consumed samples of the epoch without decoding them).
+
+    Example:
+        >>> ds = [{"image": torch.zeros(1, 2, 2), "caption": f"c{i}", "id": str(i)} for i in range(5)]
+        >>> dl = build_dataloader(ds, 2, seed=0, drop_last=True)
+        >>> s = StepStream(dl); first = [s.next()["ids"] for _ in range(3)]; s.position()
+        {'epoch': 1, 'batches_done': 1}
+        >>> again = StepStream(dl, epoch=0, batches_done=1)
+        >>> [again.next()["ids"] for _ in range(2)] == first[1:]
+        True
+    """
+
+    def __init__(self, loader: DataLoader, epoch: int = 0, batches_done: int = 0) -> None:
+        if not hasattr(loader.sampler, "set_epoch"):
+            raise TypeError("StepStream needs a loader whose sampler has set_epoch(epoch, start) (build_dataloader)")
+        self.loader, self.epoch, self.done = loader, int(epoch), int(batches_done)
+        self._it: Iterator[Any] | None = None
+
+    def next(self) -> dict[str, Any]:
+        """The next batch (a new epoch starts when one ends; an empty loader raises ``ValueError``)."""
+        if len(self.loader) == 0:
+            raise ValueError("StepStream over a loader with no batch")
+        while True:
+            if self._it is None:
+                self.loader.sampler.set_epoch(self.epoch, start=self.done * self.loader.batch_size)
+                self._it = iter(self.loader)
+            try:
+                batch = next(self._it)
+            except StopIteration:
+                self.epoch, self.done, self._it = self.epoch + 1, 0, None
+                continue
+            self.done += 1
+            return batch
+
+    def position(self) -> dict[str, int]:
+        """``{"epoch": e, "batches_done": k}``: where a resumed stream continues."""
+        return {"epoch": self.epoch, "batches_done": self.done}
