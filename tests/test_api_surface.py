@@ -31,6 +31,7 @@ MODULES = [
     "unimlip_kit.models",
     "unimlip_kit.ops",
     "unimlip_kit.text",
+    "unimlip_kit.train",
     "unimlip_kit.utils",
 ]
 

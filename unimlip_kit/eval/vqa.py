@@ -328,8 +328,11 @@ def train_vqa(
     dev = _device_of(model)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=VQADataset.collate, generator=generator)
     total = epochs * len(loader) if max_steps is None else min(max_steps, epochs * len(loader))
-    opt = torch.optim.AdamW(
-        [{"params": model.backbone.parameters(), "lr": lr}, {"params": model.head.parameters(), "lr": head_lr}],
+    from unimlip_kit.train.optim import cosine_with_warmup, param_groups  # the pre-training schedule, shared
+
+    opt = torch.optim.AdamW(  # every fine-tuned weight decays (no_decay=None), as VQA fine-tuning always did
+        param_groups(model.backbone, weight_decay, lr=lr, no_decay=None)
+        + param_groups(model.head, weight_decay, lr=head_lr, no_decay=None),
         weight_decay=weight_decay,
     )
     base = [g["lr"] for g in opt.param_groups]
@@ -345,7 +348,7 @@ def train_vqa(
             if len(batch["questions"]) < 2 or bool((batch["labels"] < 0).all()):
                 continue  # BatchNorm needs two samples; an all-skipped or unlabelled batch has nothing to learn
             for g, b in zip(opt.param_groups, base):
-                g["lr"] = b * 0.5 * (1 + math.cos(math.pi * step / max(1, total)))
+                g["lr"] = b * cosine_with_warmup(step, 0, total, 0.0)  # cosine to 0, no warm-up
             ids, mask = _encode(tokenize, batch["questions"], dev)
             logits = model(batch["images"].to(dev), ids, mask)
             loss = F.cross_entropy(logits, batch["labels"].to(dev), ignore_index=-1)

@@ -1,0 +1,76 @@
+"""Uni-Mlip pre-training as a library: what ``recipes/uni_mlip_roco.py`` (and the benchmarks, evaluation, fine-tuning
+and ablation recipes) are built from.
+
+* config: :class:`RecipeConfig` and its sections (:class:`DataConfig`, :class:`AugmentConfig`,
+  :class:`LossConfig`, :class:`TrainConfig`; evaluation is :class:`unimlip_kit.eval.EvalConfig`);
+* data-level views: :class:`BatchMaker` (flip, two medical views, caption EDA, tokens);
+* optimisation: :func:`param_groups`, :func:`cosine_with_warmup`, :func:`build_optimizer` (shared with VQA
+  fine-tuning), and :func:`train_step`, one optimizer step exactly as the recipe runs it;
+* the run folder (:mod:`unimlip_kit.train.run`): config, tokenizer, checkpoints, resuming, :func:`load_run`;
+* evaluation of a run (:func:`evaluate_run`, :func:`evaluate_run_folder`) and reporting
+  (:func:`write_csv`, :func:`plot_losses`, :func:`summary_table`, :class:`Loggers`);
+* the command line shared by every recipe (:func:`parse_recipe_args`, :data:`FLAGS`).
+
+Needs the ``[train]`` extra (matplotlib) for the plots; TensorBoard and W&B logging need ``[tensorboard]``
+and ``[wandb]``.
+"""
+
+from unimlip_kit.train.cli import FLAGS, Flag, ParsedArgs, parse_recipe_args
+from unimlip_kit.train.config import LOGGERS, AugmentConfig, DataConfig, LossConfig, RecipeConfig, TrainConfig
+from unimlip_kit.train.device import log0, resolve_device, setup_distributed
+from unimlip_kit.train.evaluation import evaluate_run, evaluate_run_folder, load_records
+from unimlip_kit.train.optim import build_optimizer, cosine_with_warmup, default_no_decay, param_groups
+from unimlip_kit.train.report import Loggers, plot_losses, summary_table, write_csv
+from unimlip_kit.train.run import (SAFE_RESUME_KEYS, ResumeError, build_run_model, find_checkpoint, find_weights,
+                                   load_recipe_config, load_run, load_run_config, load_run_tokenizer, prepare_tokenizer,
+                                   restore_checkpoint, resume_config, save_backbones, save_checkpoint, save_run_config)
+from unimlip_kit.train.step import StepOutput, TrainParts, train_step, use_bf16
+from unimlip_kit.train.views import VIEW_PRESETS, BatchMaker
+
+__all__ = [
+    "AugmentConfig",
+    "BatchMaker",
+    "DataConfig",
+    "FLAGS",
+    "Flag",
+    "LOGGERS",
+    "Loggers",
+    "LossConfig",
+    "ParsedArgs",
+    "RecipeConfig",
+    "ResumeError",
+    "SAFE_RESUME_KEYS",
+    "StepOutput",
+    "TrainConfig",
+    "TrainParts",
+    "VIEW_PRESETS",
+    "build_optimizer",
+    "build_run_model",
+    "cosine_with_warmup",
+    "default_no_decay",
+    "evaluate_run",
+    "evaluate_run_folder",
+    "find_checkpoint",
+    "find_weights",
+    "load_recipe_config",
+    "load_records",
+    "load_run",
+    "load_run_config",
+    "load_run_tokenizer",
+    "log0",
+    "param_groups",
+    "parse_recipe_args",
+    "plot_losses",
+    "prepare_tokenizer",
+    "resolve_device",
+    "restore_checkpoint",
+    "resume_config",
+    "save_backbones",
+    "save_checkpoint",
+    "save_run_config",
+    "setup_distributed",
+    "summary_table",
+    "train_step",
+    "use_bf16",
+    "write_csv",
+]

@@ -1,0 +1,212 @@
+"""One command-line style for every recipe: ``--config FILE`` plus ``key=value`` overrides, a few flags mapped onto keys.
+
+Every recipe (``recipes/uni_mlip_roco.py``, ``evaluate.py``, ``finetune_vqa.py``, ``ablation.py``) is
+driven by a dataclass config::
+
+    python recipes/<recipe>.py [--config FILE] [key.sub=value ...] [--flag value ...]
+
+The defaults come from the dataclass, then the YAML file, then the overrides, then the flags (so a
+flag wins over an override of the same key). :data:`FLAGS` is the one table of flags: each is a
+shorthand for one key (``--max-steps 50`` = ``train.max_steps=50`` in the training recipe,
+``max_steps=50`` in VQA fine-tuning), a switch (``--no-progress`` = ``progress=false``), a list
+(``--tasks retrieval vqa`` = ``eval.tasks=[retrieval, vqa]``), or a repeatable ``KEY=VALUE`` under a
+section (``--eval-set vqa_epochs=1`` = ``eval.vqa_epochs=1``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import yaml
+
+__all__ = ["FLAGS", "Flag", "ParsedArgs", "parse_recipe_args"]
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A command-line shorthand for a config key.
+
+    Attributes:
+        flag: the option, e.g. ``"--max-steps"``.
+        key: the dotted config key it sets.
+        help: the help text.
+        switch: a flag without a value that writes ``switch`` (``--no-progress`` -> ``"false"``).
+        many: takes one or more values, written as a YAML list.
+        repeat: repeatable; ``"list"`` collects the values into a list key, ``"section"`` reads each as
+            ``KEY=VALUE`` under ``key`` (``--eval-set a=1`` -> ``eval.a=1``).
+        implies: keys that get the same value unless given explicitly (``--text-model`` -> ``tokenizer``).
+        choices: allowed values (shown in ``--help``; the config types check them too).
+
+    Example:
+        >>> Flag("--max-steps", "train.max_steps").dest
+        'max_steps'
+    """
+
+    flag: str
+    key: str
+    help: str = ""
+    switch: str | None = None
+    many: bool = False
+    repeat: str | None = None
+    implies: tuple[str, ...] = ()
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def dest(self) -> str:
+        """The argparse attribute name."""
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+_DEVICE = ("auto", "cpu", "cuda")
+_PROGRESS = Flag("--no-progress", "progress", "no progress bars", switch="false")
+
+#: The flags of every recipe, in one place: recipe name -> its shorthands.
+FLAGS: dict[str, tuple[Flag, ...]] = {
+    "uni_mlip_roco": (
+        Flag("--data-root", "data.root", "ROCO folder (default: the synthetic benchmark)"),
+        Flag("--output-dir", "output_dir", "the run folder"),
+        Flag("--max-steps", "train.max_steps", "optimizer steps"),
+        Flag("--seed", "seed"),
+        Flag("--image-model", "model.image_model", "hub id or local folder of a pretrained vision tower"),
+        Flag("--text-model", "model.text_model", "hub id or local folder of a pretrained text tower (its tokenizer too)",
+             implies=("tokenizer",)),
+        Flag("--batch-size", "train.batch_size", "pairs per rank and micro-batch"),
+        Flag("--grad-accum", "train.grad_accum", "micro-batches per optimizer step"),
+        Flag("--amp", "train.amp", choices=("auto", "bf16", "off")),
+        Flag("--device", "device", choices=_DEVICE),
+        _PROGRESS,
+    ),
+    "evaluate": (
+        Flag("--run-dir", "run_dir", "a recipes/uni_mlip_roco.py run folder"),
+        Flag("--checkpoint", "checkpoint", "a checkpoints/step_* folder (default: the last one)"),
+        Flag("--data-root", "data_root", "ROCO-layout folder for retrieval/classification (default: the run's data)"),
+        Flag("--class-names", "class_names", "class names for zero-shot on labelled real data", many=True),
+        Flag("--vqa-rad", "vqa_rad", "VQA-RAD JSON (VQA_RAD Dataset Public.json)"),
+        Flag("--slake", "slake", "SLAKE folder with train.json, test.json and imgs/"),
+        Flag("--tasks", "eval.tasks", "retrieval zero_shot linear_probe vqa", many=True),
+        Flag("--output", "output", "where to write the metrics JSON (default <run-dir>/eval.json)"),
+        Flag("--device", "device", choices=_DEVICE),
+        Flag("--seed", "eval.seed"),
+        _PROGRESS,
+    ),
+    "finetune_vqa": (
+        Flag("--run-dir", "run_dir", "a recipes/uni_mlip_roco.py run folder"),
+        Flag("--checkpoint", "checkpoint", "a checkpoints/step_* folder (default: the last one)"),
+        Flag("--vqa-rad", "vqa_rad", "VQA-RAD JSON; freeform/para questions train, test_* questions test"),
+        Flag("--slake", "slake", "SLAKE folder (train.json, test.json, imgs/); English questions"),
+        Flag("--output-dir", "output_dir", "default <run-dir>/vqa_<source>"),
+        Flag("--epochs", "epochs"),
+        Flag("--max-steps", "max_steps"),
+        Flag("--batch-size", "batch_size"),
+        Flag("--lr", "lr", "backbone learning rate"),
+        Flag("--head-lr", "head_lr"),
+        Flag("--min-answer-count", "min_answer_count", "answers seen fewer times in training are not classes"),
+        Flag("--train-limit", "train_limit", "at most this many training questions"),
+        Flag("--seed", "seed"),
+        Flag("--device", "device", choices=_DEVICE),
+        _PROGRESS,
+    ),
+    "ablation": (
+        Flag("--variants", "variants", "clip +uni-modal +fused uni-mlip", many=True),
+        Flag("--seeds", "seeds", many=True),
+        Flag("--scale", "scale", "shortened (recipes/configs/ablation.yaml) or recipe (default.yaml)",
+             choices=("shortened", "recipe")),
+        Flag("--max-steps", "max_steps", "training steps per run"),
+        Flag("--output-dir", "output_dir"),
+        Flag("--results-dir", "results_dir", "where ablation.md/.json/.png are copied"),
+        Flag("--train-set", "train_set", "training-recipe override for every run, KEY=VALUE (repeatable)",
+             repeat="list"),
+        Flag("--eval-set", "eval", "evaluation override, KEY=VALUE (repeatable)", repeat="section"),
+        Flag("--reevaluate", "reevaluate", "evaluate trained runs again", switch="true"),
+        Flag("--note", "note", "appended to the table header"),
+        _PROGRESS,
+    ),
+}
+
+
+@dataclass
+class ParsedArgs:
+    """What :func:`parse_recipe_args` read: the config file, the overrides, implied overrides and argparse's namespace.
+
+    ``implied`` are applied after ``overrides`` for a fresh run only (a resumed run keeps its saved values).
+
+    Example:
+        >>> parse_recipe_args("finetune_vqa", ["--config", "c.yaml", "--epochs", "3"]).config
+        'c.yaml'
+    """
+
+    config: str | None
+    overrides: list[str]
+    implied: list[str]
+    namespace: argparse.Namespace
+
+
+def _flow(values: Sequence[str]) -> str:
+    return yaml.safe_dump(list(values), default_flow_style=True, width=10**9).strip()
+
+
+def parse_recipe_args(recipe: str, argv: Sequence[str] | None, *, description: str = "",
+                      extra: Sequence[tuple[Sequence[str], dict[str, Any]]] = ()) -> ParsedArgs:
+    """Parse a recipe's command line into ``--config``, overrides (positional first, then flags) and implied keys.
+
+    ``extra`` adds recipe-specific options that are not config keys, as ``(names, argparse kwargs)``
+    (the training recipe's ``--resume`` / ``--resume-from``); they are in ``namespace``.
+
+    Example:
+        >>> p = parse_recipe_args("uni_mlip_roco", ["train.lr=3e-4", "--max-steps", "50", "--no-progress",
+        ...                                         "--text-model", "bert/tiny"])
+        >>> p.overrides
+        ['train.lr=3e-4', 'train.max_steps=50', 'model.text_model=bert/tiny', 'progress=false']
+        >>> p.implied
+        ['tokenizer=bert/tiny']
+        >>> parse_recipe_args("evaluate", ["--tasks", "retrieval", "vqa", "--run-dir", "r"]).overrides
+        ['run_dir=r', 'eval.tasks=[retrieval, vqa]']
+        >>> parse_recipe_args("ablation", ["--eval-set", "vqa_epochs=1", "--train-set", "train.lr=1"]).overrides
+        ['train_set=[train.lr=1]', 'eval.vqa_epochs=1']
+    """
+    if recipe not in FLAGS:
+        raise ValueError(f"unknown recipe {recipe!r}; known: {sorted(FLAGS)}")
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides key.sub=value (after --config)")
+    p.add_argument("--config", help="YAML file with any subset of the config")
+    flags = FLAGS[recipe]
+    for f in flags:
+        kw: dict[str, Any] = {"help": (f.help + f" (= {f.key})").strip(), "dest": f.dest}
+        if f.switch is not None:
+            kw["action"] = "store_true"
+        elif f.repeat is not None:
+            kw.update(action="append", metavar="KEY=VALUE" if f.repeat == "section" else "VALUE")
+        elif f.many:
+            kw["nargs"] = "+"
+        if f.choices:
+            kw["choices"] = list(f.choices)
+        p.add_argument(f.flag, **kw)
+    for names, kw in extra:
+        p.add_argument(*names, **kw)
+    args = p.parse_intermixed_args(list(argv) if argv is not None else None)
+    for item in args.overrides:
+        if "=" not in item:
+            p.error(f"{item!r} is not a key=value override (options start with --; see --help)")
+    overrides = list(args.overrides)
+    implied: list[str] = []
+    for f in flags:
+        v = getattr(args, f.dest)
+        if v is None or v is False or v == []:
+            continue
+        if f.switch is not None:
+            overrides.append(f"{f.key}={f.switch}")
+        elif f.repeat == "section":
+            for kv in v:
+                if "=" not in kv:
+                    p.error(f"{f.flag} expects KEY=VALUE, got {kv!r}")
+                overrides.append(f"{f.key}.{kv}")
+        elif f.repeat == "list" or f.many:
+            overrides.append(f"{f.key}={_flow(v)}")
+        else:
+            overrides.append(f"{f.key}={v}")
+            for key in f.implies:
+                if not any(o.split("=", 1)[0].strip() == key for o in overrides):
+                    implied.append(f"{key}={v}")
+    return ParsedArgs(args.config, overrides, implied, args)

@@ -1,0 +1,148 @@
+"""The pre-training recipe's config: one dataclass per section, saved as ``config.yaml`` in the run folder.
+
+``recipes/configs/default.yaml`` writes out every default below and ``recipes/configs/tiny.yaml`` is the
+seconds-long config of the tests; any subset of the keys can be given as a YAML file (``--config``) or
+as ``section.key=value`` overrides (:func:`unimlip_kit.utils.load_config`, typed by the annotations:
+an enumerated option is a ``Literal`` and a bad value fails when the config loads).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from unimlip_kit.data import SyntheticConfig
+from unimlip_kit.eval.suite import SYNTHETIC_IMAGE_QUESTIONS, EvalConfig
+from unimlip_kit.losses import DEFAULT_WEIGHTS
+from unimlip_kit.models import UniMlipModelConfig
+from unimlip_kit.utils.config import PathOrHubId
+
+__all__ = ["LOGGERS", "AugmentConfig", "DataConfig", "LossConfig", "RecipeConfig", "TrainConfig"]
+
+#: Where training curves go (``train.loggers``): ``csv`` = ``log.csv`` + ``loss_curves.png`` in the run folder,
+#: ``tensorboard`` = ``<run>/tensorboard/`` (extra ``[tensorboard]``), ``wandb`` = Weights & Biases (extra ``[wandb]``).
+LOGGERS = ("csv", "tensorboard", "wandb")
+
+
+@dataclass
+class DataConfig:
+    """Where the pairs come from.
+
+    ``root=None`` builds the synthetic benchmark (``synthetic``) in ``cache_dir``
+    (default ``$UNIMLIP_CACHE`` or ``~/.cache/unimlip_kit``) and reads it with the
+    ROCO reader; otherwise ``root`` is a ROCO checkout
+    (``<root>/data/{train,validation,test}/radiology/captions.txt``).
+
+    Example:
+        >>> DataConfig().root is None, DataConfig().synthetic.n_train, DataConfig().eval_split
+        (True, 2000, 'test')
+    """
+
+    root: str | None = None
+    cache_dir: str | None = None
+    synthetic: SyntheticConfig = field(default_factory=lambda: SyntheticConfig(n_train=2000, n_validation=100, n_test=300))
+    train_split: Literal["train", "validation", "test"] = "train"
+    eval_split: Literal["train", "validation", "test"] = "test"
+    limit_train: int | None = None  # keep only the first N training pairs (quick runs)
+    limit_eval: int | None = 1000  # retrieval gallery size (chance R@1 = 1 / gallery)
+    num_workers: int = 0
+
+
+@dataclass
+class AugmentConfig:
+    """Data-level views: per-modality medical presets, the laterality-aware flip, caption EDA.
+
+    Example:
+        >>> a = AugmentConfig(); a.strength, a.view1_strength, a.flip
+        ('medium', 'none', 'swap')
+    """
+
+    enabled: bool = True
+    strength: Literal["light", "medium", "strong"] = "medium"  # the second (self-supervised, feature-level) view
+    # the first view, which the cross-modal and fused terms see (ITC, ITM, MLM; SLIP's weak view): "none" = clean
+    view1_strength: Literal["none", "light", "medium", "strong"] = "none"
+    flip: Literal["swap", "allow", "forbid"] = "swap"  # LateralityAwareFlip mode: swap (flip + fix left/right)
+    flip_p: float = 0.5
+    text: bool = True  # negation- and laterality-safe caption augmentation for the second text view
+    text_p: float = 0.5
+    text_alpha: float = 0.1
+
+
+@dataclass
+class LossConfig:
+    """UniMlipLoss: a weight per term (0 switches a term and its forward passes off).
+
+    Example:
+        >>> sorted(LossConfig().weights) == sorted(DEFAULT_WEIGHTS), LossConfig().image_ssl
+        (True, 'ntxent')
+    """
+
+    weights: dict[Literal["itc", "itc_feature", "image_ssl", "text_ssl", "itm", "mlm"], float] = field(
+        default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    image_ssl: Literal["ntxent", "simsiam"] = "ntxent"
+    image_temperature: float = 0.1
+    text_temperature: float = 0.05
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation. ``max_steps`` counts optimizer steps (each ``grad_accum`` micro-batches of ``batch_size`` per rank).
+
+    ``loggers`` (:data:`LOGGERS`) choose where the logged rows go besides the checkpointed history;
+    ``wandb_project`` names the Weights & Biases project (``WANDB_MODE=offline`` works without network).
+
+    Example:
+        >>> t = TrainConfig(); t.batch_size, t.max_steps, t.lr, t.loggers
+        (32, 500, 0.001, ['csv'])
+    """
+
+    batch_size: int = 32
+    grad_accum: int = 1
+    max_steps: int = 500
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.05  # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0  # max global grad norm (0 = off)
+    amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 on CUDA, off on CPU (fp16 is not supported)
+    log_every: int = 10
+    ckpt_every: int = 100
+    keep_checkpoints: int = 2
+    loggers: list[Literal["csv", "tensorboard", "wandb"]] = field(default_factory=lambda: ["csv"])
+    wandb_project: str = "unimlip_kit"
+
+
+def _default_eval() -> EvalConfig:
+    return EvalConfig(batch_size=128, vqa_epochs=2, vqa_train_limit=2000, vqa_question_types=list(SYNTHETIC_IMAGE_QUESTIONS))
+
+
+@dataclass
+class RecipeConfig:
+    """Everything a run needs; saved as ``config.yaml`` in the run folder.
+
+    ``tokenizer``: ``wordpiece`` (trained on the training captions), ``bundled`` (BERT, 30522 tokens),
+    an existing folder or a hub id ``owner/name``. Whichever it is, the run saves it in
+    ``<run>/tokenizer/``; a folder or hub id is then recorded in ``config.yaml`` as ``tokenizer``, a path
+    relative to the run folder, so the folder can be moved (:mod:`unimlip_kit.train.run`).
+
+    Example:
+        >>> from unimlip_kit.utils import load_config
+        >>> cfg = load_config(RecipeConfig, None, ["train.lr=3e-4", "loss.weights.itm=0"])
+        >>> cfg.train.lr, cfg.loss.weights["itm"], cfg.eval.batch_size, cfg.model.image_size
+        (0.0003, 0.0, 128, 64)
+    """
+
+    seed: int = 0
+    output_dir: str = "runs/uni_mlip_roco"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # wordpiece (trained on the training captions) | bundled (BERT, 30522) | an existing folder | a hub id owner/name
+    tokenizer: Literal["wordpiece", "bundled"] | PathOrHubId = "wordpiece"
+    wordpiece_vocab: int = 1000
+    threads: int = 0  # torch CPU threads (0 = torch's default)
+    progress: bool = True
+    model: UniMlipModelConfig = field(default_factory=UniMlipModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=_default_eval)

@@ -1,0 +1,507 @@
+"""The run folder of ``recipes/uni_mlip_roco.py``: a self-contained, movable, resumable directory.
+
+Layout (``output_dir``)::
+
+    config.yaml                    the resolved RecipeConfig; paths inside the folder are relative to it
+    tokenizer/                     the caption tokenizer (always saved: WordPiece, bundled BERT or a given one)
+    backbones.json                 the towers' transformers classes and configs, when a tower came from
+                                   image_model / text_model (the run never needs that folder again)
+    checkpoints/step_<n>/          model.safetensors + state.pt (optimizer, scheduler, RNG, data position,
+                                   skips, history); state.pt is written last and marks a complete checkpoint
+    log.csv, loss_curves.png, metrics.json, summary.md, model/ (UniMlipModel.save_pretrained)
+
+:func:`load_run` rebuilds ``(model, tokenize, config)`` from the folder alone, on any machine.
+
+Resuming (:func:`resume_config`): the run continues *as it was configured*, from its ``config.yaml``.
+Overrides given again may only change what does not alter the training (:data:`SAFE_RESUME_KEYS`:
+more steps, logging and checkpoint cadence, workers, device, evaluation settings); any other change
+(learning rate, loss weights, batch size, model, data...) is refused with an error naming the keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+import yaml
+from torch import nn
+
+from unimlip_kit.train.config import RecipeConfig
+from unimlip_kit.utils.config import apply_overrides, config_from_dict, config_to_dict, load_config, save_config
+from unimlip_kit.utils.io import atomic_write
+
+__all__ = [
+    "DERIVED_KEYS",
+    "ResumeError",
+    "SAFE_RESUME_KEYS",
+    "build_run_model",
+    "find_checkpoint",
+    "find_weights",
+    "load_recipe_config",
+    "load_run",
+    "load_run_config",
+    "load_run_tokenizer",
+    "prepare_tokenizer",
+    "read_config_file",
+    "restore_checkpoint",
+    "resume_config",
+    "save_backbones",
+    "save_checkpoint",
+    "save_run_config",
+]
+
+CONFIG = "config.yaml"
+TOKENIZER = "tokenizer"
+BACKBONES = "backbones.json"
+CHECKPOINTS = "checkpoints"
+
+#: Keys an override given with ``--resume`` may change (``fnmatch`` patterns on dotted keys).
+SAFE_RESUME_KEYS = (
+    "train.max_steps", "train.log_every", "train.ckpt_every", "train.keep_checkpoints", "train.loggers",
+    "train.wandb_project", "progress", "device", "threads", "output_dir", "data.num_workers", "data.cache_dir",
+    "eval.*",
+)
+#: Keys the recipe sets from the tokenizer: kept from the saved config on resume, never compared.
+DERIVED_KEYS = ("model.vocab_size", "model.pad_token_id", "model.mask_token_id", "model.special_token_ids")
+
+
+class ResumeError(ValueError):
+    """An override given with ``--resume`` would change the run (a ``ValueError``; :func:`resume_config` raises it).
+
+    Example:
+        >>> issubclass(ResumeError, ValueError)
+        True
+    """
+
+
+# ----------------------------------------------------------------------------- config.yaml
+
+
+def _flatten(data: Mapping[str, Any], cls: type, prefix: str = "") -> dict[str, Any]:
+    """``{"train.lr": v, ...}``: dataclass sections flattened, every other value (lists, dict fields) a leaf."""
+    hints = {f.name: f for f in dataclasses.fields(cls)}
+    import typing
+
+    types = typing.get_type_hints(cls)
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        tp = types.get(k)
+        if k in hints and dataclasses.is_dataclass(tp) and isinstance(v, Mapping):
+            out.update(_flatten(v, tp, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def _leaves(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """``_flatten``'s output with dict-valued fields spelled out (``loss.weights.itm``), for comparing two configs."""
+    out: dict[str, Any] = {}
+    for k, v in flat.items():
+        if isinstance(v, Mapping) and v:
+            out.update(_leaves({f"{k}.{kk}": vv for kk, vv in v.items()}))
+        else:
+            out[k] = v
+    return out
+
+
+def _relative_tokenizer_fix(text_cfg: Mapping[str, Any], base: Path) -> list[str]:
+    """An override resolving a relative ``tokenizer`` path of a config file against the file's folder."""
+    tok = text_cfg.get("tokenizer")
+    if isinstance(tok, str) and tok not in ("wordpiece", "bundled") and not os.path.isabs(tok):
+        if (base / tok).exists() and not Path(tok).exists():
+            return [f"tokenizer={base / tok}"]
+    return []
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A config YAML file as a nested dict of text (``yaml.BaseLoader``), or ``{}`` for an empty file.
+
+    Example:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "c.yaml"; _ = p.write_text("train:\\n  lr: 3e-4\\n")
+        >>> read_config_file(p)
+        {'train': {'lr': '3e-4'}}
+    """
+    with open(path, encoding="utf-8-sig") as fh:
+        try:
+            data = yaml.load(fh, Loader=yaml.BaseLoader) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"config file {path} is not valid YAML: {err}") from None
+    if not isinstance(data, Mapping):
+        raise ValueError(f"config file {path} must hold a mapping at top level")
+    return dict(data)
+
+
+def load_recipe_config(path: str | Path | None, overrides: Sequence[str] = (), cls: type = RecipeConfig) -> Any:
+    """:func:`~unimlip_kit.utils.load_config` where a relative ``tokenizer`` path in the file is relative to the file.
+
+    That is how a run's own ``config.yaml`` (``tokenizer: tokenizer``) loads from anywhere.
+
+    Example:
+        >>> load_recipe_config(None, ["train.lr=0.01"]).train.lr
+        0.01
+    """
+    fix = _relative_tokenizer_fix(read_config_file(path), Path(path).parent) if path is not None else []
+    return load_config(cls, path, [*fix, *overrides])
+
+
+def save_run_config(cfg: RecipeConfig, run_dir: str | Path) -> None:
+    """Write ``<run>/config.yaml``; a tokenizer that is a folder or hub id is recorded as the run's copy, ``tokenizer``.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp()); (d / "tokenizer").mkdir()
+        >>> save_run_config(RecipeConfig(tokenizer="org/model"), d)
+        >>> "tokenizer: tokenizer" in (d / "config.yaml").read_text(), load_run_config(d).tokenizer == str(d / "tokenizer")
+        (True, True)
+    """
+    run_dir = Path(run_dir)
+    if cfg.tokenizer not in ("wordpiece", "bundled"):
+        cfg = dataclasses.replace(cfg, tokenizer=TOKENIZER)  # the copy saved in <run>/tokenizer
+    save_config(cfg, run_dir / CONFIG)
+
+
+def load_run_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> RecipeConfig:
+    """The :class:`RecipeConfig` saved in ``<run>/config.yaml`` (paths resolved against the folder), with ``overrides``.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp()); save_run_config(RecipeConfig(seed=3), d)
+        >>> load_run_config(d).seed, load_run_config(d, ["seed=4"]).seed
+        (3, 4)
+    """
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run folder (no {CONFIG})")
+    return load_recipe_config(path, overrides)
+
+
+def resume_config(run_dir: str | Path, overrides: Sequence[str] = (), config_file: str | Path | None = None,
+                  safe: Sequence[str] = SAFE_RESUME_KEYS) -> tuple[RecipeConfig, dict[str, tuple[Any, Any]]]:
+    """The saved config of ``run_dir`` with the safe ``overrides`` (and ``config_file``'s values) applied.
+
+    Returns ``(config, changed)`` with ``changed = {key: (saved, new)}``. A value equal to the saved
+    one is accepted whatever the key (the command that started the run resumes it); a changed key
+    outside ``safe`` raises :class:`ResumeError` naming every such key with both values.
+    ``output_dir`` is always the folder being resumed (it may have been moved).
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp()); save_run_config(RecipeConfig(output_dir=str(d)), d)
+        >>> cfg, changed = resume_config(d, ["train.max_steps=900", "train.ckpt_every=10"])
+        >>> cfg.train.max_steps, changed["train.max_steps"]
+        (900, (500, 900))
+        >>> resume_config(d, ["train.lr=3e-4"])
+        Traceback (most recent call last):
+        ...
+        unimlip_kit.train.run.ResumeError: --resume continues ... as saved in its config.yaml; refused: train.lr (saved 0.001, given 0.0003). ...
+    """
+    run_dir = Path(run_dir)
+    saved = load_run_config(run_dir)
+    given: list[str] = []
+    if config_file is not None:  # a --config file given again: its values are overrides of the saved run
+        data = read_config_file(config_file)
+        fix = _relative_tokenizer_fix(data, Path(config_file).parent)
+        for key, value in _flatten(data, RecipeConfig).items():
+            text = value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip()
+            given.append(f"{key}={text}")
+        given += fix  # after the file's own relative tokenizer path
+    given += list(overrides)
+    new = config_from_dict(RecipeConfig, apply_overrides(config_to_dict(saved), given, RecipeConfig))
+    old_flat = _leaves(_flatten(config_to_dict(saved), RecipeConfig))
+    new_flat = _leaves(_flatten(config_to_dict(new), RecipeConfig))
+    keys = list(old_flat) + [k for k in new_flat if k not in old_flat]
+    changed = {k: (old_flat.get(k), new_flat.get(k)) for k in keys
+               if old_flat.get(k) != new_flat.get(k) and k not in DERIVED_KEYS and k != "output_dir"}
+    refused = {k: v for k, v in changed.items() if not any(fnmatch(k, pat) for pat in safe)}
+    if refused:
+        listed = ", ".join(f"{k} (saved {a!r}, given {b!r})" for k, (a, b) in refused.items())
+        raise ResumeError(
+            f"--resume continues {run_dir} as saved in its config.yaml; refused: {listed}. With --resume only "
+            f"these may change: {', '.join(safe)}. To train with other settings start a new run "
+            f"(another --output-dir), or edit {run_dir / CONFIG} if you really mean to change this run.")
+    for k in DERIVED_KEYS:  # the tokenizer's ids stay those of the saved run
+        section, name = k.split(".")
+        setattr(getattr(new, section), name, getattr(getattr(saved, section), name))
+    new.output_dir = str(run_dir)
+    return new, changed
+
+
+# ----------------------------------------------------------------------------- tokenizer and model
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return (folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file()
+
+
+def load_run_tokenizer(run_dir: str | Path, cfg: RecipeConfig | None = None) -> Any:
+    """The tokenizer saved in ``<run>/tokenizer``; runs saved before it existed fall back to ``cfg.tokenizer``.
+
+    Example:
+        >>> import tempfile
+        >>> from unimlip_kit.text import train_wordpiece_tokenizer
+        >>> d = Path(tempfile.mkdtemp())
+        >>> _ = train_wordpiece_tokenizer(["a b c"] * 3, vocab_size=40).save_pretrained(str(d / "tokenizer"))
+        >>> len(load_run_tokenizer(d)) <= 40
+        True
+    """
+    from transformers import AutoTokenizer
+
+    folder = Path(run_dir) / TOKENIZER
+    if _has_tokenizer(folder):
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    if cfg is None or cfg.tokenizer == "wordpiece":
+        raise FileNotFoundError(f"{folder} holds no tokenizer (tokenizer.json)")
+    if cfg.tokenizer == "bundled":
+        from unimlip_kit.text import load_bundled_tokenizer
+
+        return load_bundled_tokenizer()
+    return AutoTokenizer.from_pretrained(cfg.tokenizer)
+
+
+def prepare_tokenizer(cfg: RecipeConfig, captions: Sequence[str], run_dir: str | Path, *, reuse: bool = False) -> Any:
+    """Build the run's tokenizer per ``cfg.tokenizer`` and save it in ``<run>/tokenizer``; ``reuse`` loads a saved one.
+
+    Built: WordPiece trained on ``captions`` (``wordpiece_vocab``), the bundled BERT, or
+    ``AutoTokenizer.from_pretrained(cfg.tokenizer)``. ``reuse=True`` (a resumed run) loads
+    ``<run>/tokenizer`` when it holds one, so the vocabulary is exactly the one trained on.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> tok = prepare_tokenizer(RecipeConfig(wordpiece_vocab=60), ["left lung mass"] * 4, d)
+        >>> (d / "tokenizer" / "tokenizer.json").is_file(), len(prepare_tokenizer(RecipeConfig(), [], d, reuse=True)) == len(tok)
+        (True, True)
+    """
+    folder = Path(run_dir) / TOKENIZER
+    if reuse and _has_tokenizer(folder):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    if cfg.tokenizer == "bundled":
+        from unimlip_kit.text import load_bundled_tokenizer
+
+        tok = load_bundled_tokenizer()
+    elif cfg.tokenizer == "wordpiece":
+        from unimlip_kit.text import train_wordpiece_tokenizer
+
+        tok = train_wordpiece_tokenizer(list(captions), vocab_size=cfg.wordpiece_vocab)
+    else:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(cfg.tokenizer)
+    tok.save_pretrained(str(folder))
+    return tok
+
+
+def save_backbones(model: nn.Module, run_dir: str | Path) -> bool:
+    """Write ``<run>/backbones.json`` (the towers' transformers specs) when a tower came from a pretrained folder/hub id.
+
+    Returns whether it wrote the file. Towers built from the config need none: the config rebuilds them.
+
+    Example:
+        >>> import tempfile
+        >>> from unimlip_kit.models import UniMlipModelConfig
+        >>> save_backbones(build_run_model(UniMlipModelConfig(vision_layers=1, text_layers=1)), tempfile.mkdtemp())
+        False
+    """
+    from unimlip_kit.models.hub import backbone_spec
+
+    cfg = model.config
+    if not (cfg.image_model or cfg.text_model):
+        return False
+    specs = {"image": backbone_spec(model.image_tower.backbone) if cfg.image_model else None,
+             "text": backbone_spec(model.text_tower) if cfg.text_model else None}
+    atomic_write(Path(run_dir) / BACKBONES, json.dumps(specs, indent=1, sort_keys=True) + "\n")
+    return True
+
+
+def build_run_model(cfg: Any, run_dir: str | Path | None = None) -> nn.Module:
+    """``UniMlipModel(cfg)``; towers recorded in ``<run>/backbones.json`` are rebuilt from it (no download, no source folder).
+
+    Example:
+        >>> from unimlip_kit.models import UniMlipModelConfig
+        >>> m = build_run_model(UniMlipModelConfig(vision_layers=1, text_layers=1, vision_width=32, text_width=32,
+        ...                     vision_heads=2, text_heads=2, fusion_heads=2, embed_dim=16, ssl_dim=16, vocab_size=50))
+        >>> type(m).__name__
+        'UniMlipModel'
+    """
+    from unimlip_kit.models import UniMlipModel
+    from unimlip_kit.models.hub import build_backbone
+
+    path = Path(run_dir) / BACKBONES if run_dir is not None else None
+    if path is None or not path.is_file():
+        return UniMlipModel(cfg)
+    specs = json.loads(path.read_text())
+    kw = {f"{side}_backbone": build_backbone(spec) for side, spec in specs.items() if spec is not None}
+    return UniMlipModel(cfg, **kw)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _complete(run_dir: Path) -> list[Path]:
+    return sorted(p for p in (run_dir / CHECKPOINTS).glob("step_*") if (p / "state.pt").is_file())
+
+
+def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
+                    stream: Any, skips: Any, history: list[dict[str, float]], keep: int, used: Iterable[str]) -> Path:
+    """``checkpoints/step_<n>/``: safetensors weights + ``state.pt``; written atomically, then the old ones pruned.
+
+    ``state.pt`` holds the optimizer and scheduler, the torch/CUDA RNG, the data position
+    (``stream.position()``), the skip counts, the logged history and the ids of the pairs used so far;
+    it is written last, so its presence marks a complete checkpoint. The newest ``keep`` survive (0: all).
+
+    Example:
+        >>> import tempfile
+        >>> from unimlip_kit.data import SkipCounter
+        >>> from unimlip_kit.models import UniMlipModelConfig
+        >>> from unimlip_kit.train import TrainConfig, build_optimizer
+        >>> model = build_run_model(UniMlipModelConfig(vision_layers=1, text_layers=1, vision_width=32, text_width=32,
+        ...     vision_heads=2, text_heads=2, fusion_heads=2, embed_dim=16, ssl_dim=16, vocab_size=50))
+        >>> opt, sched = build_optimizer(model, TrainConfig())
+        >>> class Stream:  # anything with position(), e.g. unimlip_kit.data.StepStream
+        ...     def position(self): return {"epoch": 0, "batches_done": 3}
+        >>> d = Path(tempfile.mkdtemp())
+        >>> ckpts = [save_checkpoint(d, s, model, opt, sched, Stream(), SkipCounter(), [], 2, ["a"]) for s in (1, 2, 3)]
+        >>> [p.name for p in sorted((d / "checkpoints").iterdir())], find_checkpoint(d) == ckpts[-1]
+        (['step_0000002', 'step_0000003'], True)
+        >>> state = restore_checkpoint(ckpts[-1], model, opt, sched); state["step"], state["data"], state["used_pairs"]
+        (3, {'epoch': 0, 'batches_done': 3}, ['a'])
+    """
+    from safetensors.torch import save
+
+    run_dir = Path(run_dir)
+    ckpt = run_dir / CHECKPOINTS / f"step_{step:07d}"
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {
+        "step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "data": stream.position(),
+        "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        "skipped": skips.items(), "history": history, "used_pairs": sorted(used),
+    }
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write(ckpt / "model.safetensors", save(tensors))
+    atomic_write(ckpt / "state.pt", buf.getvalue())  # written last: its presence marks a complete checkpoint
+    done = _complete(run_dir)
+    for old in done[:-keep] if keep > 0 else []:
+        for f in old.iterdir():
+            f.unlink()
+        old.rmdir()
+    return ckpt
+
+
+def find_checkpoint(run_dir: str | Path, which: str | Path = "latest") -> Path | None:
+    """The newest complete checkpoint of ``run_dir`` (``which="latest"``, ``None`` if there is none) or the folder ``which``.
+
+    Example:
+        >>> import tempfile
+        >>> find_checkpoint(tempfile.mkdtemp()) is None
+        True
+    """
+    if str(which) != "latest":
+        path = Path(which)
+        if not (path / "state.pt").is_file():
+            raise FileNotFoundError(f"{path} is not a complete checkpoint (no state.pt): pass a checkpoints/step_* folder "
+                                    f"or a run folder")
+        return path
+    done = _complete(Path(run_dir))
+    return done[-1] if done else None
+
+
+def find_weights(run_dir: str | Path, checkpoint: str | Path | None = None) -> Path:
+    """``model.safetensors`` of ``checkpoint`` (a folder or file) or of the run's last checkpoint.
+
+    Example:
+        >>> import tempfile
+        >>> find_weights(tempfile.mkdtemp())
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: no checkpoint with model.safetensors under .../checkpoints
+    """
+    if checkpoint is not None:
+        p = Path(checkpoint)
+        return p / "model.safetensors" if p.is_dir() else p
+    run_dir = Path(run_dir)
+    done = sorted(p for p in (run_dir / CHECKPOINTS).glob("step_*") if (p / "model.safetensors").is_file())
+    if not done:
+        raise FileNotFoundError(f"no checkpoint with model.safetensors under {run_dir / CHECKPOINTS}")
+    return done[-1] / "model.safetensors"
+
+
+def restore_checkpoint(ckpt: str | Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
+                       device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Load a :func:`save_checkpoint` folder into ``model``/``opt``/``sched``, restore the torch RNG; return ``state.pt``.
+
+    The caller continues from ``state["step"]`` with ``state["history"]``, ``state["used_pairs"]``,
+    ``state["data"]`` (the stream position) and ``state["skipped"]``. Example: :func:`save_checkpoint`.
+
+    Example:
+        >>> restore_checkpoint("/no/such/checkpoint", None, None, None)
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: /no/such/checkpoint is not a complete checkpoint (no state.pt)
+    """
+    from safetensors.torch import load_file
+
+    ckpt = Path(ckpt)
+    if not (ckpt / "state.pt").is_file():
+        raise FileNotFoundError(f"{ckpt} is not a complete checkpoint (no state.pt)")
+    model.load_state_dict(load_file(str(ckpt / "model.safetensors"), device=str(device)))
+    state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    return state
+
+
+# ----------------------------------------------------------------------------- loading a finished run
+
+
+def load_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, device: str | torch.device = "cpu"):
+    """``(model, tokenize, config)`` of a run folder, model in eval mode; needs nothing outside the folder.
+
+    ``tokenize(texts)`` returns ``input_ids``/``attention_mask`` as the run tokenised captions
+    (the saved tokenizer, truncation at ``model.max_text_len``). Towers that came from a pretrained
+    folder are rebuilt from ``backbones.json``, so the folder can be copied to a machine without it.
+
+    Example:
+        >>> import tempfile
+        >>> from unimlip_kit.data import SkipCounter
+        >>> from unimlip_kit.models import UniMlipModelConfig
+        >>> from unimlip_kit.train import build_optimizer
+        >>> d = Path(tempfile.mkdtemp())
+        >>> tok = prepare_tokenizer(RecipeConfig(wordpiece_vocab=50), ["left lung mass", "no lesion"] * 4, d)
+        >>> cfg = RecipeConfig(model=UniMlipModelConfig(vision_layers=1, text_layers=1, vision_width=32, text_width=32,
+        ...     vision_heads=2, text_heads=2, fusion_heads=2, embed_dim=16, ssl_dim=16, vocab_size=len(tok)))
+        >>> save_run_config(cfg, d)
+        >>> model = build_run_model(cfg.model); opt, sched = build_optimizer(model, cfg.train)
+        >>> class Stream:
+        ...     def position(self): return {"epoch": 0, "batches_done": 0}
+        >>> _ = save_checkpoint(d, 1, model, opt, sched, Stream(), SkipCounter(), [], 1, [])
+        >>> loaded, tokenize, rcfg = load_run(d)
+        >>> t = tokenize(["left lung mass"])
+        >>> torch.equal(loaded.encode_text(**t), model.eval().encode_text(**t)), rcfg.model.vocab_size == len(tok)
+        (True, True)
+    """
+    from safetensors.torch import load_file
+
+    run_dir = Path(run_dir)
+    rcfg = load_run_config(run_dir)
+    model = build_run_model(rcfg.model, run_dir)
+    model.load_state_dict(load_file(str(find_weights(run_dir, checkpoint)), device="cpu"))
+    model.to(device).eval()
+    tok = load_run_tokenizer(run_dir, rcfg)
+    max_len = rcfg.model.max_text_len
+
+    def tokenize(texts: list[str]) -> Mapping[str, torch.Tensor]:
+        enc = tok(list(texts), padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    return model, tokenize, rcfg
