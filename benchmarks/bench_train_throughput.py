@@ -1,8 +1,10 @@
 """Training throughput of the default Uni-Mlip recipe (tiny config, CPU), with and without FLIP token keeping.
 
-One full training step exactly as ``recipes/uni_mlip_roco.py`` runs it — laterality-aware flip, two
-medical-augmented views, caption augmentation, tokenisation, the forward passes of every term,
-``UniMlipLoss``, backward, gradient clipping and the AdamW step — on batches of the synthetic benchmark.
+One full optimizer step exactly as ``recipes/uni_mlip_roco.py`` runs it, because it is the same call:
+:func:`unimlip_kit.train.train_step` (re-seeding of every stream, laterality-aware flip, two
+medical-augmented views, caption augmentation, tokenisation, the forward passes of every term under the
+recipe's autocast setting, ``UniMlipLoss``, backward, gradient clipping, AdamW over the recipe's parameter
+groups and betas, the warm-up + cosine schedule) on batches of the synthetic benchmark.
 The feature-level image view keeps ``image_keep_ratio`` of the 64 patches (1.0 = no token dropping).
 
 Reported per configuration: pairs/s from wall time (median step), and pairs per CPU-second from the
@@ -11,8 +13,10 @@ worker is recorded so that numbers taken under contention can be recognised.
 
     python benchmarks/bench_train_throughput.py               # keep ratios 1.0, 0.5, 0.25; 1 and 2 threads
     python benchmarks/bench_train_throughput.py --quick       # fewer steps
+    python benchmarks/bench_train_throughput.py --config recipes/configs/tiny.yaml --quick --keep 1.0 --threads 1
 
-Writes ``benchmarks/results/train_throughput.json`` and ``train_throughput.png``.
+Writes ``train_throughput.json`` and ``train_throughput.png`` to ``benchmarks/results/local/`` (or ``--out``;
+``UNIMLIP_BENCH_RESULTS=committed`` writes the committed ``benchmarks/results/``, see ``common.py``).
 """
 
 from __future__ import annotations
@@ -21,68 +25,65 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, print_table, run_worker  # noqa: E402
+from common import RESULTS, print_table, run_worker
 
 ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = ROOT / "recipes" / "configs" / "default.yaml"
 
 
 def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
     import dataclasses
-    import importlib.util
+
+    from unimlip_kit.data import ImageTextDataset, SkipCounter, StepStream, build_dataloader
+    from unimlip_kit.losses import UniMlipLoss
+    from unimlip_kit.text import train_wordpiece_tokenizer
+    from unimlip_kit.train import (BatchMaker, TrainParts, build_optimizer, build_run_model, load_recipe_config,
+                                   load_records, train_step, use_bf16)
+    from unimlip_kit.utils import derive_seed
 
     torch.set_num_threads(cfg["threads"])
-    spec = importlib.util.spec_from_file_location("uni_mlip_roco", ROOT / "recipes" / "uni_mlip_roco.py")
-    recipe = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = recipe
-    spec.loader.exec_module(recipe)
-    from unimlip_kit.data import ImageTextDataset, SkipCounter, build_dataloader
-    from unimlip_kit.losses import UniMlipLoss
-    from unimlip_kit.models import UniMlipModel
-    from unimlip_kit.text import train_wordpiece_tokenizer
-
-    rc, _ = recipe.parse_args(["--no-progress", f"model.image_keep_ratio={cfg['keep_ratio']}"])
-    recs = recipe.load_records(rc, "train", SkipCounter(), None)
+    rc = load_recipe_config(cfg["config"], ["progress=false", f"model.image_keep_ratio={cfg['keep_ratio']}"])
+    device = torch.device("cpu")
+    recs = load_records(rc, rc.data.train_split, SkipCounter(), rc.data.limit_train)
     tok = train_wordpiece_tokenizer([r.caption for r in recs], vocab_size=rc.wordpiece_vocab)
     rc.model = dataclasses.replace(rc.model, vocab_size=len(tok), pad_token_id=tok.pad_token_id,
                                    mask_token_id=tok.mask_token_id, special_token_ids=sorted(set(tok.all_special_ids)))
-    loader = build_dataloader(ImageTextDataset(recs, image_size=rc.model.image_size), rc.train.batch_size, drop_last=True)
-    maker = recipe.BatchMaker(rc, tok, torch.device("cpu"))
-    torch.manual_seed(0)
-    model = UniMlipModel(rc.model).train()
-    loss_fn = UniMlipLoss(rc.loss.weights)
-    opt = torch.optim.AdamW(model.parameters(), lr=rc.train.lr)
-    gen = torch.Generator().manual_seed(0)
-    it = iter(loader)
-    wall, cpu = [], []
+    ds = ImageTextDataset(recs, image_size=rc.model.image_size, channels=rc.model.image_channels)
+    stream = StepStream(build_dataloader(ds, rc.train.batch_size, seed=rc.seed, drop_last=True))
+    torch.manual_seed(derive_seed(rc.seed, "init"))
+    model = build_run_model(rc.model).to(device).train()
+    loss_fn = UniMlipLoss(rc.loss.weights, image_ssl=rc.loss.image_ssl, image_temperature=rc.loss.image_temperature,
+                          text_temperature=rc.loss.text_temperature)
+    opt, sched = build_optimizer(model, rc.train)
+    parts = TrainParts(model, loss_fn, BatchMaker(rc, tok, device), opt, sched, seed=rc.seed, device=device,
+                       grad_accum=rc.train.grad_accum, grad_clip=rc.train.grad_clip, bf16=use_bf16(rc.train.amp, device))
+    batches = [stream.next() for _ in range((cfg["warmup"] + cfg["steps"]) * rc.train.grad_accum)]  # decode untimed
+    feed = iter(batches)
+    wall, cpu, pairs = [], [], []
     load0 = os.getloadavg()[0]
     for step in range(cfg["warmup"] + cfg["steps"]):
-        raw = next(it)
         t0, c0 = time.perf_counter(), time.process_time()
-        batch = maker(raw, step, 0, 0)
-        total, _ = loss_fn(model(batch, loss_fn.enabled_terms, generator=gen))
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), rc.train.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        out = train_step(parts, step, lambda: next(feed))
         if step >= cfg["warmup"]:
             wall.append(time.perf_counter() - t0)
             cpu.append(time.process_time() - c0)
-    b = rc.train.batch_size
+            pairs.append(out.pairs)
+    b = statistics.median(pairs)
     return {
         **cfg,
-        "batch_size": b,
+        "batch_size": rc.train.batch_size,
+        "grad_accum": rc.train.grad_accum,
         "seconds_median": statistics.median(wall),
         "cpu_seconds_median": statistics.median(cpu),
         "pairs_per_s": b / statistics.median(wall),
         "pairs_per_cpu_s": b / statistics.median(cpu),
+        "final_loss": out.losses.get("total"),
         "load_avg_start": load0,
         "load_avg_end": os.getloadavg()[0],
     }
@@ -94,6 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--keep", type=float, nargs="+", default=[1.0, 0.5, 0.25])
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="the recipe config to time (default: default.yaml)")
+    p.add_argument("--out", type=Path, default=RESULTS / "train_throughput.json", help="JSON path (PNG beside it)")
     args = p.parse_args(argv)
     if args.worker:
         print(json.dumps(_worker(json.loads(args.worker))))
@@ -104,17 +107,20 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for threads in args.threads:
         for keep in args.keep:
-            row = run_worker(__file__, {"keep_ratio": keep, "threads": threads, "steps": steps, "warmup": warmup})
+            row = run_worker(__file__, {"keep_ratio": keep, "threads": threads, "steps": steps, "warmup": warmup,
+                                        "config": str(args.config)})
             rows.append(row)
             print(json.dumps(row), flush=True)
     print_table(rows, [("threads", "threads"), ("keep_ratio", "keep"), ("pairs_per_s", "pairs/s"),
                        ("pairs_per_cpu_s", "pairs/CPU-s"), ("load_avg_start", "load")])
-    out = {"benchmark": "train_throughput", "meta": run_metadata(), "rows": rows,
-           "notes": "tiny default recipe config, full objective, batch 32, image 64 px / patch 8 (64 patches); "
+    out = {"benchmark": "train_throughput", "meta": run_metadata(), "rows": rows, "config": str(args.config),
+           "notes": "one unimlip_kit.train.train_step per timed step (the recipe's own step), full objective; "
                     "keep_ratio is the FLIP fraction of patches kept in the feature-level image view"}
-    save_json(RESULTS / "train_throughput.json", out)
-    _chart(rows, RESULTS / "train_throughput.png")
-    print(f"wrote {RESULTS / 'train_throughput.json'}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_json(args.out, out)
+    if any("error" not in r for r in rows):
+        _chart(rows, args.out.with_suffix(".png"))
+    print(f"wrote {args.out}")
 
 
 def _chart(rows: list[dict[str, Any]], path: Path) -> None:

@@ -1,7 +1,14 @@
 """Shared benchmark plumbing: one process per configuration, timing, peak memory, JSON + chart.
 
-Every benchmark in this folder writes ``benchmarks/results/<name>.json`` with
-``run_metadata()`` (commit, versions, device) and a PNG chart beside it.
+Every benchmark in this folder writes ``<name>.json`` with ``run_metadata()`` (commit, versions,
+device) and a PNG chart beside it, into :data:`RESULTS`:
+
+* by default ``benchmarks/results/local/`` (git-ignored): a user's ``make bench`` or any benchmark run
+  never overwrites the committed numbers;
+* ``UNIMLIP_BENCH_RESULTS=committed`` writes the committed ``benchmarks/results/`` (when the numbers are
+  meant to be recorded, e.g. ``benchmarks/gpu_check.sh``); any other value is a folder to write to.
+
+A benchmark's own ``--out`` still wins.
 """
 
 from __future__ import annotations
@@ -18,7 +25,26 @@ from typing import Any, Callable
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+#: the committed results (README and docs quote them)
+COMMITTED_RESULTS = Path(__file__).resolve().parent / "results"
+#: where a run writes unless asked otherwise (git-ignored)
+LOCAL_RESULTS = COMMITTED_RESULTS / "local"
+
+
+def results_dir(env: str | None = None) -> Path:
+    """The output folder: ``UNIMLIP_BENCH_RESULTS`` (``committed`` or a path), else :data:`LOCAL_RESULTS`.
+
+    Example:
+        >>> results_dir("") == LOCAL_RESULTS, results_dir("committed") == COMMITTED_RESULTS, results_dir("/tmp/b")
+        (True, True, PosixPath('/tmp/b'))
+    """
+    value = os.environ.get("UNIMLIP_BENCH_RESULTS", "") if env is None else env
+    if not value:
+        return LOCAL_RESULTS
+    return COMMITTED_RESULTS if value == "committed" else Path(value)
+
+
+RESULTS = results_dir()
 
 
 def current_rss_bytes() -> int:

@@ -1,9 +1,10 @@
 """Ablation of the Uni-Mlip self-supervision families on the synthetic benchmark, one command.
 
-    python recipes/ablation.py                          # 4 variants x 3 seeds, shrunk tiny config, 200 steps
-    python recipes/ablation.py --scale recipe --seeds 0 1   # the recipe's default model and 500 steps
+    python recipes/ablation.py                          # 4 variants x 3 seeds, recipes/configs/ablation.yaml, 200 steps
+    python recipes/ablation.py --scale recipe --seeds 0 1   # the recipe's default config (default.yaml) and 500 steps
     python recipes/ablation.py --seeds 0 --max-steps 100 --output-dir runs/ablation_quick
-    python recipes/ablation.py --variants clip full --train-set train.batch_size=32
+    python recipes/ablation.py --variants clip uni-mlip --train-set train.batch_size=32 --eval-set vqa_max_steps=50
+    python recipes/ablation.py recipe_config=recipes/configs/tiny.yaml seeds=[0]        # any AblationConfig key
 
 Variants (loss terms switched on; every other term has weight 0):
 
@@ -14,9 +15,10 @@ clip           ITC only (CLIP)
 uni-mlip       all terms: ITC, feature-level ITC, image SSL, text SSL, ITM, MLM (Uni-Mlip)
 =============  ==========================================================================
 
-Each (variant, seed) trains with ``recipes/uni_mlip_roco.py`` at the same tiny
-config, steps and data, then ``recipes/evaluate.py`` measures retrieval R@1
-(mean of both directions), zero-shot and linear-probe accuracy on the 17 finding
+Each (variant, seed) runs the command ``recipes/uni_mlip_roco.py --config <recipe config>`` in
+its own process (the same config, steps and data for every variant), then
+:func:`unimlip_kit.train.evaluate_run_folder` (what ``recipes/evaluate.py`` runs) measures
+retrieval R@1 (mean of both directions), zero-shot and linear-probe accuracy on the 17 finding
 classes, and VQA accuracy after a short fine-tune. The table (mean ± std over
 seeds) goes to ``<output-dir>/ablation.md`` and ``benchmarks/results/ablation.md``,
 the raw numbers to ``ablation.json`` and a bar chart to ``ablation.png``.
@@ -29,20 +31,23 @@ then only collects the table. The committed table took about 25 minutes that way
 
 from __future__ import annotations
 
-import argparse
 import math
+import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from unimlip_kit.eval import EvalConfig
+from unimlip_kit.losses import DEFAULT_WEIGHTS
+from unimlip_kit.train import evaluate_run_folder, load_run, parse_recipe_args, resolve_device
+from unimlip_kit.utils import load_config, load_json, run_metadata, save_json
 
-from unimlip_kit.utils.io import load_json, load_script, run_metadata, save_json  # noqa: E402
-
-RESULTS = REPO / "benchmarks" / "results"
+RECIPES = Path(__file__).resolve().parent
+RESULTS = RECIPES.parent / "benchmarks" / "results"
+#: the training config of each scale
+SCALES = {"shortened": RECIPES / "configs" / "ablation.yaml", "recipe": RECIPES / "configs" / "default.yaml"}
 
 #: variant -> loss terms enabled (UniMlipLoss / UniMlipModel term names)
 VARIANTS: dict[str, tuple[str, ...]] = {
@@ -51,9 +56,9 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "+fused": ("itc", "itm", "mlm"),
     "uni-mlip": ("itc", "itc_feature", "image_ssl", "text_ssl", "itm", "mlm"),
 }
-ALL_TERMS = ("itc", "itc_feature", "image_ssl", "text_ssl", "itm", "mlm")
+ALL_TERMS = tuple(DEFAULT_WEIGHTS)
 
-#: (column title, function of an evaluate.py result)
+#: (column title, function of an evaluation result)
 METRICS: dict[str, Callable[[Mapping[str, Any]], float]] = {
     "retrieval R@1": lambda m: (m["retrieval"]["i2t"]["R@1"] + m["retrieval"]["t2i"]["R@1"]) / 2,
     "zero-shot acc": lambda m: m["zero_shot"]["accuracy"],
@@ -62,8 +67,27 @@ METRICS: dict[str, Callable[[Mapping[str, Any]], float]] = {
 }
 
 
-def _load_recipe(name: str):
-    return load_script(REPO / "recipes" / f"{name}.py")
+def _ablation_eval() -> EvalConfig:  # the same for every run, sized for the CPU budget
+    return EvalConfig(probe_train_limit=500, vqa_train_limit=1000, vqa_test_limit=500, vqa_max_steps=200)
+
+
+@dataclass
+class AblationConfig:
+    """Which variants and seeds, the training config they share, and the evaluation settings."""
+
+    variants: list[Literal["clip", "+uni-modal", "+fused", "uni-mlip"]] = field(default_factory=lambda: list(VARIANTS))
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    # shortened: recipes/configs/ablation.yaml (about 30 CPU-minutes for 12 runs); recipe: the recipe's defaults
+    scale: Literal["shortened", "recipe"] = "shortened"
+    recipe_config: str | None = None  # a training config file instead of the scale's
+    max_steps: int | None = None  # training steps per run (default 200 shortened, 500 recipe)
+    output_dir: str = "runs/ablation"
+    results_dir: str = str(RESULTS)  # where ablation.md/.json/.png are copied
+    train_set: list[str] = field(default_factory=list)  # extra training-recipe overrides for every run
+    eval: EvalConfig = field(default_factory=_ablation_eval)
+    reevaluate: bool = False  # evaluate trained runs again (keeps the training)
+    note: str = ""  # appended to the table header (e.g. what was shortened)
+    progress: bool = True
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -157,35 +181,6 @@ def variant_overrides(variant: str) -> list[str]:
     return [f"loss.weights.{t}={1.0 if t in on else 0.0}" for t in ALL_TERMS]
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--scale", choices=["shortened", "recipe"], default="shortened",
-                   help="shortened: the shrunk config below (about 30 CPU-minutes for 12 runs); "
-                        "recipe: uni_mlip_roco.py's own defaults (64 px, 2-layer 128-wide towers, batch 32, 500 steps)")
-    p.add_argument("--max-steps", type=int, default=None,
-                   help="training steps per run (same for every variant; default 200 shortened, 500 recipe)")
-    p.add_argument("--output-dir", default="runs/ablation")
-    p.add_argument("--results-dir", default=str(RESULTS), help="where ablation.md/.json/.png are copied")
-    p.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra uni_mlip_roco.py config override for every run (repeatable)")
-    p.add_argument("--eval-set", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra evaluate.py EvalConfig override (repeatable)")
-    p.add_argument("--reevaluate", action="store_true", help="evaluate trained runs again (keeps the training)")
-    p.add_argument("--note", default="", help="appended to the table header (e.g. what was shortened)")
-    p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(argv)
-
-
-#: training config of every ablation run: the recipe's tiny model shrunk further so that
-#: 4 variants x 3 seeds fit the CPU budget (2-5 min of training + about 2 min of evaluation per run
-#: on one contended core of the 2-core development machine at 200 steps)
-TRAIN_DEFAULTS = ["data.synthetic.image_size=32", "model.image_size=32", "model.vision_width=64", "model.text_width=64",
-                  "model.vision_layers=1", "model.text_layers=1", "model.embed_dim=64", "model.ssl_dim=64",
-                  "train.batch_size=16", "train.lr=5e-4", "train.warmup_steps=10", "train.log_every=10"]
-#: evaluation settings for the ablation: the same for every run, sized for the CPU budget
-EVAL_DEFAULTS = ["probe_train_limit=500", "vqa_train_limit=1000", "vqa_test_limit=500", "vqa_max_steps=200"]
 SHORTENED = ("SHORTENED to fit about 30 CPU-minutes on a shared 2-core machine: {steps} steps instead of the recipe's 500, "
              "batch 16 instead of 32, lr 5e-4 instead of 1e-3, 32-px images and 1-layer 64-wide towers instead of 64 px / 2 layers / 128 wide, "
              "linear probe on 500 training images, VQA fine-tuned for {vqa} steps on 1000 questions, tested on 500.")
@@ -195,23 +190,36 @@ RECIPE_SCALE = ("At the recipe's own model and data (64 px, 2-layer 128-wide tow
                 "on 1000 questions, tested on 500.")
 
 
+def train_command(cfg: AblationConfig, variant: str, seed: int, run: Path) -> list[str]:
+    """The training command of one (variant, seed): the recipe with the shared config, this seed and these terms.
+
+    Example:
+        >>> cmd = train_command(AblationConfig(max_steps=7), "clip", 1, Path("runs/x"))
+        >>> cmd[1].endswith("uni_mlip_roco.py"), cmd[3].endswith("ablation.yaml"), cmd[4:10]
+        (True, True, ['--output-dir', 'runs/x', '--seed', '1', '--max-steps', '7'])
+    """
+    config = cfg.recipe_config or str(SCALES[cfg.scale])
+    cmd = [sys.executable, str(RECIPES / "uni_mlip_roco.py"), "--config", config, "--output-dir", str(run),
+           "--seed", str(seed), "--max-steps", str(cfg.max_steps)]
+    return cmd + (["--no-progress"] if not cfg.progress else []) + variant_overrides(variant) + list(cfg.train_set)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    if args.max_steps is None:
-        args.max_steps = 200 if args.scale == "shortened" else 500
-    train_defaults = TRAIN_DEFAULTS if args.scale == "shortened" else []
-    train_recipe, eval_recipe = _load_recipe("uni_mlip_roco"), _load_recipe("evaluate")
-    out_dir = Path(args.output_dir)
+    p = parse_recipe_args("ablation", argv, description=__doc__.split("\n\n")[0])
+    cfg = load_config(AblationConfig, p.config, p.overrides)
+    if cfg.max_steps is None:
+        cfg.max_steps = 200 if cfg.scale == "shortened" else 500
+    out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[int, dict[str, Any]]] = {}
     timings: dict[str, float] = {}
     t_all = time.time()
-    for variant in args.variants:
+    for variant in cfg.variants:
         results[variant] = {}
-        for seed in args.seeds:
+        for seed in cfg.seeds:
             run = out_dir / f"{variant.strip('+')}_seed{seed}"
             done = run / "eval.json"
-            if done.is_file() and not args.reevaluate:  # reuse a finished (variant, seed)
+            if done.is_file() and not cfg.reevaluate:  # reuse a finished (variant, seed)
                 results[variant][seed] = load_json(done)
                 print(f"[ablation] reuse {run}", flush=True)
                 continue
@@ -220,44 +228,42 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 print(f"[ablation] evaluate {variant} seed {seed} ({run} is trained)", flush=True)
             else:
                 print(f"[ablation] train {variant} seed {seed} -> {run}", flush=True)
-                train_argv = ["--output-dir", str(run), "--seed", str(seed), "--max-steps", str(args.max_steps)]
-                if args.no_progress:
-                    train_argv.append("--no-progress")
-                train_recipe.main(train_argv + train_defaults + variant_overrides(variant) + list(args.train_set))
-            eval_argv = ["--run-dir", str(run), "--seed", str(seed)]
-            for kv in EVAL_DEFAULTS + list(args.eval_set):
-                eval_argv += ["--set", kv]
-            if args.no_progress:
-                eval_argv.append("--no-progress")
-            results[variant][seed] = eval_recipe.main(eval_argv)
+                subprocess.run(train_command(cfg, variant, seed, run), check=True)
+            model, tokenize, rcfg = load_run(run, device=resolve_device("auto"))
+            ecfg = EvalConfig(**{**cfg.eval.__dict__, "seed": seed})
+            metrics = evaluate_run_folder(model, tokenize, rcfg, ecfg, progress=cfg.progress)
+            metrics.update(config=dict(ecfg.__dict__), run_dir=str(run), meta=run_metadata())
+            save_json(done, metrics)
+            results[variant][seed] = metrics
             timings[f"{variant}/{seed}"] = time.time() - t0
 
     summary = summarize(results)
     n_seeds = {v: len(r) for v, r in results.items()}
-    eval_cfg = dict(kv.split("=", 1) for kv in EVAL_DEFAULTS + args.eval_set)
-    cfg_line = (f"Synthetic benchmark, {args.max_steps} training steps per run, seeds {args.seeds}; "
+    vqa_steps = cfg.eval.vqa_max_steps if cfg.eval.vqa_max_steps is not None else "?"
+    cfg_line = (f"Synthetic benchmark, {cfg.max_steps} training steps per run, seeds {cfg.seeds}; "
                 f"retrieval R@1 = mean of i2t and t2i (chance 1/gallery); zero-shot / linear probe over the 17 finding "
-                f"classes (chance 0.059); VQA accuracy after {eval_cfg.get('vqa_max_steps', '?')} fine-tuning steps. "
-                + (SHORTENED.format(steps=args.max_steps, vqa=eval_cfg.get("vqa_max_steps", "?")) if args.scale == "shortened"
-                   else RECIPE_SCALE.format(steps=args.max_steps, vqa=eval_cfg.get("vqa_max_steps", "?"))))
-    if args.train_set or args.eval_set:
-        cfg_line += f" Extra overrides: train {args.train_set}, eval {args.eval_set}."
-    if args.note:
-        cfg_line += f" {args.note}"
+                f"classes (chance 0.059); VQA accuracy after {vqa_steps} fine-tuning steps. "
+                + (SHORTENED.format(steps=cfg.max_steps, vqa=vqa_steps) if cfg.scale == "shortened"
+                   else RECIPE_SCALE.format(steps=cfg.max_steps, vqa=vqa_steps)))
+    if cfg.train_set or cfg.recipe_config:
+        cfg_line += f" Training config {cfg.recipe_config or SCALES[cfg.scale].name}, extra overrides {cfg.train_set}."
+    if cfg.note:
+        cfg_line += f" {cfg.note}"
     header = f"**Uni-Mlip ablation** (mean ± std over seeds). {cfg_line}"
     table = markdown_table(summary, header, n_seeds)
     payload = {"summary": {v: {k: list(ms) for k, ms in row.items()} for v, row in summary.items()},
                "runs": {v: {str(s): {k: m.get(k) for k in ("retrieval", "zero_shot", "linear_probe", "vqa")}
                             for s, m in r.items()} for v, r in results.items()},
-               "variants": {v: list(VARIANTS[v]) for v in args.variants}, "seeds": args.seeds,
-               "max_steps": args.max_steps, "scale": args.scale, "train_overrides": train_defaults + args.train_set,
-               "eval_overrides": EVAL_DEFAULTS + args.eval_set, "seconds_per_run": timings,
+               "variants": {v: list(VARIANTS[v]) for v in cfg.variants}, "seeds": cfg.seeds,
+               "max_steps": cfg.max_steps, "scale": cfg.scale,
+               "train_config": cfg.recipe_config or str(SCALES[cfg.scale].relative_to(RECIPES.parent)),
+               "train_overrides": cfg.train_set, "eval_config": dict(cfg.eval.__dict__), "seconds_per_run": timings,
                "total_seconds": time.time() - t_all, "meta": run_metadata()}
-    for folder in {out_dir, Path(args.results_dir)}:
+    for folder in {out_dir, Path(cfg.results_dir)}:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "ablation.md").write_text(table + "\n", encoding="utf-8")
         save_json(folder / "ablation.json", payload)
-        bar_chart(summary, folder / "ablation.png", f"Uni-Mlip ablation, synthetic benchmark, {args.max_steps} steps")
+        bar_chart(summary, folder / "ablation.png", f"Uni-Mlip ablation, synthetic benchmark, {cfg.max_steps} steps")
     print(table, flush=True)
     return payload
 

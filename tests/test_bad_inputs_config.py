@@ -220,12 +220,9 @@ def test_text_for_a_number_either_parses_exactly_or_names_the_key(value: str) ->
 
 @pytest.fixture(scope="module")
 def recipe():
-    from unimlip_kit.utils.io import load_script
+    import unimlip_kit.train
 
-    path = Path(__file__).resolve().parents[1] / "recipes" / "uni_mlip_roco.py"
-    if not path.exists():
-        pytest.skip("recipe not found")
-    return load_script(path)
+    return unimlip_kit.train  # the recipe's config classes (RecipeConfig, TrainConfig, ...)
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,7 @@
-"""The Uni-Mlip recipe end to end on tiny configs: run folder, resume equality, corrupt images, torchrun."""
+"""The Uni-Mlip recipe end to end on the tiny config: run folder, resume equality, corrupt images, torchrun."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -12,26 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from recipes import uni_mlip_roco
+from unimlip_kit.data import regroup_after_flip
+
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "uni_mlip_roco.py"
-
-TINY = [
-    "--no-progress",
-    "data.synthetic.n_train=48", "data.synthetic.n_validation=4", "data.synthetic.n_test=24",
-    "data.synthetic.image_size=32", "model.image_size=32", "model.patch_size=8",
-    "model.vision_width=32", "model.text_width=32", "model.vision_layers=1", "model.text_layers=1",
-    "model.vision_heads=2", "model.text_heads=2", "model.fusion_heads=2", "model.embed_dim=16", "model.ssl_dim=16",
-    "model.max_text_len=32", "wordpiece_vocab=200", "train.batch_size=8", "train.warmup_steps=2",
-    "train.log_every=1", "eval.batch_size=16", "eval.vqa_max_steps=2", "eval.vqa_train_limit=32", "eval.probe_train_limit=48",
-]
-
-
-def _recipe():
-    spec = importlib.util.spec_from_file_location("uni_mlip_roco_under_test", RECIPE)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(mod)
-    return mod
+TINY = ["--config", str(ROOT / "recipes" / "configs" / "tiny.yaml")]
 
 
 @pytest.fixture()
@@ -42,7 +27,7 @@ def cache(tmp_path, monkeypatch):
 
 def test_main_writes_the_run_folder(tmp_path, cache):
     out = tmp_path / "run"
-    metrics = _recipe().main(TINY + ["--max-steps", "3", "--output-dir", str(out)])
+    metrics = uni_mlip_roco.main(TINY + ["--max-steps", "3", "--output-dir", str(out)])
     for name in ("config.yaml", "metrics.json", "log.csv", "loss_curves.png", "summary.md", "tokenizer/tokenizer.json"):
         assert (out / name).is_file(), name
     assert (out / "checkpoints" / "step_0000003" / "model.safetensors").is_file()
@@ -71,9 +56,9 @@ def test_main_writes_the_run_folder(tmp_path, cache):
 
 def test_resume_gives_the_same_result(tmp_path, cache, monkeypatch):
     args = TINY + ["--max-steps", "4", "train.ckpt_every=2", "train.keep_checkpoints=3"]
-    full = _recipe().main(args + ["--output-dir", str(tmp_path / "full")])
+    full = uni_mlip_roco.main(args + ["--output-dir", str(tmp_path / "full")])
 
-    mod = _recipe()
+    mod = uni_mlip_roco
     original = mod.save_checkpoint
 
     def save_then_die(run_dir, step, *a, **k):
@@ -84,7 +69,8 @@ def test_resume_gives_the_same_result(tmp_path, cache, monkeypatch):
     monkeypatch.setattr(mod, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         mod.main(args + ["--output-dir", str(tmp_path / "killed")])
-    resumed = _recipe().main(args + ["--output-dir", str(tmp_path / "killed"), "--resume"])
+    monkeypatch.setattr(mod, "save_checkpoint", original)
+    resumed = uni_mlip_roco.main(args + ["--output-dir", str(tmp_path / "killed"), "--resume"])
 
     assert resumed["retrieval"]["i2t"] == full["retrieval"]["i2t"]
     assert resumed["retrieval"]["t2i"] == full["retrieval"]["t2i"]
@@ -104,7 +90,7 @@ def test_corrupt_image_is_skipped_and_counted(tmp_path, cache):
     shutil.copytree(built, roco)
     victim = sorted((roco / "data" / "train" / "radiology" / "images").iterdir())[3]
     victim.write_bytes(b"\xff\xd8 this is not a JPEG")
-    metrics = _recipe().main(TINY + ["--data-root", str(roco), "--max-steps", "2", "--output-dir", str(tmp_path / "run")])
+    metrics = uni_mlip_roco.main(TINY + ["--data-root", str(roco), "--max-steps", "2", "--output-dir", str(tmp_path / "run")])
     assert metrics["data"]["skipped"] == 1
     assert metrics["data"]["skipped_detail"]["by_reason"] == {"corrupt_image": 1}
     assert metrics["data"]["train_pairs"] == 15
@@ -119,7 +105,7 @@ def test_a_run_whose_every_image_is_corrupt_fails_naming_the_skips(tmp_path, cac
     for img in (roco / "data" / "train" / "radiology" / "images").iterdir():
         img.write_bytes(b"not an image")
     with pytest.raises(RuntimeError, match="no usable training batch.*corrupt_image"):
-        _recipe().main(TINY + ["--data-root", str(roco), "--max-steps", "3", "--output-dir", str(tmp_path / "run")])
+        uni_mlip_roco.main(TINY + ["--data-root", str(roco), "--max-steps", "3", "--output-dir", str(tmp_path / "run")])
     assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
 
 
@@ -164,7 +150,6 @@ def test_flipped_samples_change_group_with_their_meaning():
     """After the laterality-aware flip, ITM's same-meaning groups follow the new side (never a false negative)."""
     from unimlip_kit.data import collate_image_text
 
-    recipe = _recipe()
     samples = [
         {"image": torch.zeros(1, 4, 4), "caption": "Mass in the right lung.", "id": "a", "image_key": "a", "group": "ct|right"},
         {"image": torch.zeros(1, 4, 4), "caption": "Nodule in the left lung.", "id": "b", "image_key": "b", "group": "ct|left"},
@@ -174,5 +159,5 @@ def test_flipped_samples_change_group_with_their_meaning():
     assert batch["group_ids"].tolist() == [0, 1, 0]
     flipped = [False, True, True]  # b now shows a right-sided finding, c a left-sided one
     captions = ["Mass in the right lung.", "Nodule in the right lung.", "Mass in the left lung!"]
-    assert recipe.regroup_after_flip(batch["group_keys"], flipped, captions).tolist() == [0, 0, 1]
-    assert recipe.regroup_after_flip(batch["group_keys"], [False], captions[:1] * 3).tolist() == [0, 1, 0]
+    assert regroup_after_flip(batch["group_keys"], flipped, captions).tolist() == [0, 0, 1]
+    assert regroup_after_flip(batch["group_keys"], [False], captions[:1] * 3).tolist() == [0, 1, 0]

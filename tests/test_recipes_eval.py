@@ -2,37 +2,22 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from recipes import ablation, evaluate, finetune_vqa, uni_mlip_roco
 
-TINY = [
-    "--no-progress",
-    "data.synthetic.n_train=48", "data.synthetic.n_validation=4", "data.synthetic.n_test=24",
-    "data.synthetic.image_size=32", "model.image_size=32", "model.patch_size=8",
-    "model.vision_width=32", "model.text_width=32", "model.vision_layers=1", "model.text_layers=1",
-    "model.vision_heads=2", "model.text_heads=2", "model.fusion_heads=2", "model.embed_dim=16", "model.ssl_dim=16",
-    "model.max_text_len=32", "wordpiece_vocab=200", "train.batch_size=8", "train.warmup_steps=2",
-    "train.log_every=1", "eval.batch_size=16", "eval.vqa_max_steps=2", "eval.vqa_train_limit=32", "eval.probe_train_limit=48",
-]
-EVAL_TINY = ["--no-progress", "--set", "vqa_max_steps=3", "--set", "vqa_batch_size=16", "--set", "batch_size=16",
-             "--set", "prompts_per_scene=1"]
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--config", str(ROOT / "recipes" / "configs" / "tiny.yaml")]
+EVAL_TINY = ["--no-progress", "eval.vqa_max_steps=3", "eval.vqa_batch_size=16", "eval.batch_size=16",
+             "eval.prompts_per_scene=1"]
+RECIPES = {"uni_mlip_roco": uni_mlip_roco, "evaluate": evaluate, "finetune_vqa": finetune_vqa, "ablation": ablation}
 
 
 def _recipe(name: str):
-    path = ROOT / "recipes" / f"{name}.py"
-    if not path.is_file():
-        pytest.skip(f"{path} not present")
-    spec = importlib.util.spec_from_file_location(f"{name}_under_test", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return RECIPES[name]
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +72,29 @@ def test_evaluate_real_data_folder_without_labels(tiny_run, tmp_path):
     assert set(m["skipped"]) == {"zero_shot", "linear_probe", "vqa"}
 
 
+def test_evaluate_reads_only_the_splits_its_tasks_use(tiny_run, tmp_path):
+    """A test-only ROCO folder: retrieval runs; the linear probe (which needs a train split) is skipped, saying so."""
+    from PIL import Image
+
+    run, _ = tiny_run
+    split = tmp_path / "roco" / "data" / "test" / "radiology"
+    (split / "images").mkdir(parents=True)
+    caps = ["Chest X-ray with left lower lobe opacity.", "Axial CT of the head.", "Liver ultrasound."]
+    for i, cap in enumerate(caps):
+        Image.new("L", (40, 40), 60 * i).save(split / "images" / f"ROCO_{i:05d}.jpg")
+    (split / "captions.txt").write_text("".join(f"ROCO_{i:05d}\t{c}\n" for i, c in enumerate(caps)))
+    root = str(tmp_path / "roco")
+    m = _recipe("evaluate").main(["--run-dir", str(run), "--data-root", root, "--tasks", "retrieval",
+                                  "--output", str(tmp_path / "r.json"), "--no-progress"])
+    assert m["retrieval"]["i2t"]["n_queries"] == 3 and m["skipped"] == {}
+    m = _recipe("evaluate").main(["--run-dir", str(run), "--data-root", root, "--tasks", "retrieval", "linear_probe",
+                                  "--output", str(tmp_path / "p.json"), "--no-progress"])
+    assert "train" in m["skipped"]["linear_probe"] and "linear_probe" not in m and m["retrieval"]["i2t"]["n_queries"] == 3
+    with pytest.raises(FileNotFoundError, match="no 'validation' split"):
+        _recipe("evaluate").main(["--run-dir", str(run), "--data-root", root, "eval.eval_split=validation",
+                                  "--tasks", "retrieval", "--no-progress"])
+
+
 def test_finetune_vqa_writes_model_and_metrics(tiny_run, tmp_path):
     run, _ = tiny_run
     m = _recipe("finetune_vqa").main(["--run-dir", str(run), "--max-steps", "3", "--batch-size", "16",
@@ -99,11 +107,9 @@ def test_finetune_vqa_writes_model_and_metrics(tiny_run, tmp_path):
 def test_ablation_writes_table_and_chart(tiny_run, tmp_path):
     run, _ = tiny_run
     cache = run.parent / "cache"
-    train_set = [kv for kv in TINY if "=" in kv] + [f"data.cache_dir={cache}"]
     argv = ["--variants", "clip", "+fused", "--seeds", "0", "--max-steps", "1", "--output-dir", str(tmp_path / "abl"),
-            "--results-dir", str(tmp_path / "res"), "--no-progress", "--note", "TEST RUN"]
-    for kv in train_set:
-        argv += ["--train-set", kv]
+            "--results-dir", str(tmp_path / "res"), "--no-progress", "--note", "TEST RUN",
+            f"recipe_config={ROOT / 'recipes' / 'configs' / 'tiny.yaml'}", "--train-set", f"data.cache_dir={cache}"]
     for kv in ("vqa_max_steps=1", "prompts_per_scene=1", "batch_size=16", "vqa_batch_size=16"):
         argv += ["--eval-set", kv]
     out = _recipe("ablation").main(argv)
