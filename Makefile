@@ -23,7 +23,7 @@ run: setup
 test: setup
 	$(PY) -m pytest -q $(ARGS)
 
-bench: setup
+bench: setup  # writes benchmarks/results/local/ (UNIMLIP_BENCH_RESULTS=committed records into benchmarks/results/)
 	$(PY) benchmarks/bench_contrastive.py $(ARGS)
 
 info: setup

@@ -21,13 +21,11 @@ import argparse
 import math
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, print_table, sync  # noqa: E402
 
 from unimlip_kit.augment import PRESET_MODALITIES, PRESET_RANGES, preset  # noqa: E402

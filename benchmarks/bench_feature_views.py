@@ -21,13 +21,11 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, print_table, run_worker, time_and_memory  # noqa: E402
 
 CAPTIONS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "roco_captions" / "validation.tsv"

@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, add_ratios, plot_time_and_memory, print_table, run_sweep, time_and_memory  # noqa: E402,I001
 
 

@@ -26,13 +26,11 @@ N = 2^20; one pass faster than two; sampler ≤ 1.2× one forward at N = 65536.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, print_table  # noqa: E402
 
 

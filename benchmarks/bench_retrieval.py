@@ -9,7 +9,8 @@ embeddings were created, so the number is the metric's own working memory.
     python benchmarks/bench_retrieval.py                      # N up to 32k (full matrix up to 16k)
     python benchmarks/bench_retrieval.py --sizes 1000 100000  # the 100k gallery
 
-Writes ``benchmarks/results/retrieval_metrics.json`` and ``retrieval_metrics.png``.
+Writes ``retrieval_metrics.json`` and ``retrieval_metrics.png`` to ``common.RESULTS`` (``benchmarks/results/local/``
+unless ``UNIMLIP_BENCH_RESULTS=committed``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from common import RESULTS  # noqa: E402  benchmarks/results/local/ unless UNIMLIP_BENCH_RESULTS=committed
 
 CHILD = r"""
 import json, resource, sys, time, torch

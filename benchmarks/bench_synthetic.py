@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -34,7 +33,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS  # noqa: E402
 
 from unimlip_kit.data import ImageTextDataset, SyntheticConfig, build_dataloader, build_synthetic_dataset, read_roco
