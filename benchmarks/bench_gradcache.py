@@ -30,8 +30,8 @@ peak memory counts what each method allocates, not N stored images; the bytes th
 accumulated batch would take are reported beside it (open_clip keeps them: ``accum_images``).
 Peak memory: ``VmHWM`` of the worker (reset through ``/proc/self/clear_refs`` after a warm-up) minus
 ``VmRSS`` right before the step, with glibc's mmap threshold fixed at 64 KiB so freed tensors
-return to the OS and RSS follows the live allocations. Writes ``benchmarks/results/gradcache_cpu.json``
-and ``.png``.
+return to the OS and RSS follows the live allocations. Writes ``gradcache_cpu.json`` and ``.png`` into
+``common.RESULTS`` (``benchmarks/results/local/``; ``UNIMLIP_BENCH_RESULTS=committed`` for ``benchmarks/results/``).
 """
 
 from __future__ import annotations
@@ -40,14 +40,12 @@ import argparse
 import json
 import os
 import re
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, print_table, run_worker  # noqa: E402,I001
 
 ALL_TERMS = ("itc", "itc_feature", "image_ssl", "text_ssl", "itm", "mlm")
