@@ -45,7 +45,7 @@ Tokenize = Callable[[list[str]], Mapping[str, torch.Tensor]]
 
 @dataclasses.dataclass
 class EvalConfig:
-    """Evaluation settings (``--set key=value`` in ``recipes/evaluate.py``, ``eval.key=value`` in the training recipe).
+    """Evaluation settings (``eval.key=value`` in ``recipes/evaluate.py`` and in the training recipe).
 
     Example:
         >>> EvalConfig(tasks=["retrieval"]).tasks, EvalConfig().vqa_floor
