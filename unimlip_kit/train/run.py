@@ -194,9 +194,9 @@ def resume_config(run_dir: str | Path, overrides: Sequence[str] = (), config_fil
     Example:
         >>> import tempfile
         >>> d = Path(tempfile.mkdtemp()); save_run_config(RecipeConfig(output_dir=str(d)), d)
-        >>> cfg, changed = resume_config(d, ["train.max_steps=900", "train.ckpt_every=10"])
+        >>> cfg, changed = resume_config(d, ["train.max_steps=1500", "train.ckpt_every=10"])
         >>> cfg.train.max_steps, changed["train.max_steps"]
-        (900, (500, 900))
+        (1500, (1000, 1500))
         >>> resume_config(d, ["train.lr=3e-4"])
         Traceback (most recent call last):
         ...
