@@ -55,7 +55,8 @@ from unimlip_kit.losses import DEFAULT_WEIGHTS, UniMlipLoss
 from unimlip_kit.models.hub import Preprocessing
 from unimlip_kit.train import (BatchMaker, Loggers, RecipeConfig, TrainParts, build_optimizer, build_run_model,
                                evaluate_run, find_checkpoint, load_recipe_config, load_records, load_run_tokenizer, log0,
-                               parse_recipe_args, plot_losses, prepare_tokenizer, restore_checkpoint, resume_config,
+                               cosine_with_warmup, parse_recipe_args, plot_losses, prepare_tokenizer, restore_checkpoint,
+                               resume_config,
                                save_backbones, save_checkpoint, save_run_config, setup_distributed, summary_table,
                                train_step, use_bf16, write_csv)
 from unimlip_kit.utils import config_to_dict, derive_seed, run_metadata, save_json, seed_everything
@@ -177,25 +178,40 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         bar = tqdm(total=cfg.train.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
     t_train, pairs_seen = time.time(), 0
+    budget = cfg.train.max_seconds  # wall-time budget (None: max_steps only)
+
+    def elapsed() -> float:  # training seconds on rank 0's clock: every rank gets the same lr and stops at the same step
+        c = torch.tensor([time.time() - t_train], dtype=torch.float64, device=device)
+        if is_distributed():
+            dist.broadcast(c, 0)
+        return float(c)
+
+    if budget is not None:  # the schedule's progress is max(step / max_steps, elapsed / max_seconds)
+        t = cfg.train
+        sched.lr_lambdas = [lambda s: cosine_with_warmup(max(s, elapsed() / budget * t.max_steps), t.warmup_steps,
+                                                         t.max_steps, t.min_lr_ratio)] * len(opt.param_groups)
     while step < cfg.train.max_steps:
         out = train_step(parts, step, stream.next, on_batch=skips.update_from_batch)
         pairs_seen += out.pairs
         used.update(out.ids)
         step += 1
+        last = step == cfg.train.max_steps or (budget is not None and elapsed() >= budget)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{out.losses.get('total', float('nan')):.3f}")
-        if out.losses and (step % cfg.train.log_every == 0 or step == cfg.train.max_steps):  # empty: no usable batch
+        if out.losses and (step % cfg.train.log_every == 0 or last):  # empty: no usable batch
             row = {"step": step, "lr": sched.get_last_lr()[0], "logit_scale": float(model.logit_scale().detach()),
                    **out.losses}
             history.append(row)
             loggers.log(row)
-        checkpoint_now = step % cfg.train.ckpt_every == 0 or step == cfg.train.max_steps
+        checkpoint_now = step % cfg.train.ckpt_every == 0 or last
         if not used and checkpoint_now:
             raise RuntimeError(f"no usable training batch in {step} steps (every micro-batch had fewer than 2 readable "
                                f"pairs): {skips.summary()}; nothing was saved")
         if rank == 0 and checkpoint_now:
             save_checkpoint(run_dir, step, model, opt, sched, stream, skips, history, cfg.train.keep_checkpoints, used)
+        if last:
+            break
     if bar is not None:
         bar.close()
     train_wall = time.time() - t_train

@@ -31,14 +31,20 @@ class DataConfig:
     ``root=None`` builds the synthetic benchmark (``synthetic``) in ``cache_dir``
     (default ``$UNIMLIP_CACHE`` or ``~/.cache/unimlip_kit``) and reads it with the
     ROCO reader; otherwise ``root`` is a ROCO checkout
-    (``<root>/data/{train,validation,test}/radiology/captions.txt``).
+    (``<root>/data/{train,validation,test}/radiology/captions.txt``) or WebDataset
+    tar shards (a folder of ``*.tar`` or a brace pattern, :func:`~unimlip_kit.data.is_shard_source`;
+    ``python -m unimlip_kit.data shards`` writes them), which train with ``train_split`` ignored.
+    ``eval_root`` is where evaluation reads ``eval_split``: a ROCO checkout or shards; ``None``
+    means ``root`` when that is a ROCO checkout (or the synthetic benchmark); with shards and no
+    ``eval_root`` the evaluation tasks are skipped, saying why.
 
     Example:
-        >>> DataConfig().root is None, DataConfig().synthetic.n_train, DataConfig().eval_split
-        (True, 2000, 'test')
+        >>> DataConfig().root is None, DataConfig().eval_root, DataConfig().synthetic.n_train, DataConfig().eval_split
+        (True, None, 2000, 'test')
     """
 
     root: str | None = None
+    eval_root: str | None = None
     cache_dir: str | None = None
     synthetic: SyntheticConfig = field(default_factory=lambda: SyntheticConfig(n_train=2000, n_validation=100, n_test=300))
     train_split: Literal["train", "validation", "test"] = "train"
@@ -91,14 +97,31 @@ class TrainConfig:
 
     ``loggers`` (:data:`LOGGERS`) choose where the logged rows go besides the checkpointed history;
     ``wandb_project`` names the Weights & Biases project (``WANDB_MODE=offline`` works without network).
+    ``accumulation`` says what ``grad_accum > 1`` means: ``gradcache`` (one big batch's loss, exactly) or
+    ``plain`` (the mean of the micro-batches' losses).
+
+    ``max_seconds`` (optional) is a training wall-time budget: the run stops at the first step boundary at
+    or past ``max_seconds`` of training (evaluation excluded), or at ``max_steps``, whichever comes first.
+    The warm-up + cosine schedule is then defined over the budget: its progress is
+    ``max(step / max_steps, elapsed / max_seconds)`` (the multiplier of
+    :func:`~unimlip_kit.train.cosine_with_warmup` at step ``max(step, elapsed / max_seconds · max_steps)``),
+    so the lr reaches ``lr · min_lr_ratio`` when the budget runs out. A budgeted run depends on the machine's
+    speed and is not reproducible step for step; resumed, the budget counts from the resume.
 
     Example:
-        >>> t = TrainConfig(); t.batch_size, t.max_steps, t.lr, t.loggers
-        (32, 1000, 0.001, ['csv'])
+        >>> t = TrainConfig(); t.batch_size, t.max_steps, t.lr, t.loggers, t.max_seconds
+        (32, 1000, 0.001, ['csv'], None)
+        >>> TrainConfig(max_seconds=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: train.max_seconds must be > 0 seconds or None (no budget), got 0
     """
 
     batch_size: int = 32
     grad_accum: int = 1
+    # grad_accum > 1: gradcache = contrastive terms and ITM negatives over the whole accumulated batch
+    # (unimlip_kit.gradcache, Gao et al. 2021); plain = each micro-batch's loss on its own
+    accumulation: Literal["gradcache", "plain"] = "gradcache"
     max_steps: int = 1000
     lr: float = 1e-3
     weight_decay: float = 0.05
@@ -111,6 +134,11 @@ class TrainConfig:
     keep_checkpoints: int = 2
     loggers: list[Literal["csv", "tensorboard", "wandb"]] = field(default_factory=lambda: ["csv"])
     wandb_project: str = "unimlip_kit"
+    max_seconds: float | None = None  # training wall-time budget (None: max_steps only); see the docstring
+
+    def __post_init__(self) -> None:
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise ValueError(f"train.max_seconds must be > 0 seconds or None (no budget), got {self.max_seconds}")
 
 
 def _default_eval() -> EvalConfig:
