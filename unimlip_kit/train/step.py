@@ -11,18 +11,31 @@
    autocast when asked, and back-propagates ``total / grad_accum`` (DDP syncs on the last micro-batch);
 
 then clips the global gradient norm, steps AdamW and the schedule and zeroes the gradients.
+
+With ``grad_accum > 1`` and ``accumulation="gradcache"`` (the default, ``train.accumulation``) the
+usable micro-batches are instead made first (their views built on the CPU, moved to the device one
+at a time) and handed to :func:`~unimlip_kit.gradcache.grad_cache_step` (Gao et al. 2021): every
+contrastive term and ITM's hard negatives then cover the whole accumulated batch, exactly as one
+batch of ``grad_accum × batch_size`` would, while the towers hold one micro-batch's graph. Its
+``reseed(m)`` restarts the streams of step 1 for the ``m``-th kept micro-batch, the group ids come
+from all micro-batches' keys after the flip (same-meaning pairs of different micro-batches are never
+each other's negative), and DDP's average is done by ``grad_cache_step`` (the plain model, no
+``no_sync``). ``accumulation="plain"`` keeps the per-micro-batch losses above. ``grad_accum=1``
+always runs the plain path (bit for bit as before).
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from unimlip_kit.data import group_ids_from_keys, regroup_after_flip
+from unimlip_kit.gradcache import grad_cache_step
 from unimlip_kit.train.views import BatchMaker
 from unimlip_kit.utils import derive_seed
 
@@ -44,13 +57,14 @@ class TrainParts:
     """What one training step needs: the model (and its DDP wrapper), loss, views, optimizer, schedule, settings.
 
     ``train_model`` is the module called for the forward (the DDP wrapper; default ``model``);
-    ``terms`` default to ``loss_fn.enabled_terms``; ``generator`` lives on ``device``.
+    ``terms`` default to ``loss_fn.enabled_terms``; ``generator`` lives on ``device``;
+    ``accumulation`` is ``"gradcache"`` (whole-batch contrastive terms when ``grad_accum > 1``) or ``"plain"``.
 
     Example:
         >>> parts = TrainParts(model=nn.Linear(1, 1), loss_fn=None, maker=None, optimizer=None, scheduler=None,
         ...                    seed=0, device=torch.device("cpu"))
-        >>> parts.train_model is parts.model, parts.grad_accum, parts.world_size
-        (True, 1, 1)
+        >>> parts.train_model is parts.model, parts.grad_accum, parts.world_size, parts.accumulation
+        (True, 1, 1, 'gradcache')
     """
 
     model: nn.Module
@@ -68,8 +82,11 @@ class TrainParts:
     train_model: nn.Module | None = None
     terms: tuple[str, ...] | None = None
     generator: torch.Generator | None = None
+    accumulation: str = "gradcache"
 
     def __post_init__(self) -> None:
+        if self.accumulation not in ("gradcache", "plain"):
+            raise ValueError(f"accumulation must be 'gradcache' or 'plain', got {self.accumulation!r}")
         if self.train_model is None:
             self.train_model = self.model
         if self.terms is None and self.loss_fn is not None:
@@ -109,7 +126,8 @@ def train_step(parts: TrainParts, step: int, next_batch: Callable[[], dict[str, 
     """Run optimizer step ``step`` (0-based) over ``parts.grad_accum`` micro-batches from ``next_batch()``.
 
     ``on_batch(raw)`` sees every raw batch first (the recipe counts its skipped pairs there). Returns a
-    :class:`StepOutput`; ``losses`` holds ``total`` and each enabled term, averaged over the micro-batches.
+    :class:`StepOutput`; ``losses`` holds ``total`` and each enabled term, averaged over the micro-batches
+    (plain accumulation) or over the whole accumulated batch (gradient caching, ``grad_accum > 1``).
 
     Example:
         >>> from unimlip_kit.data import SyntheticConfig, ImageTextDataset, build_dataloader, StepStream, load_synthetic_records
@@ -136,6 +154,10 @@ def train_step(parts: TrainParts, step: int, next_batch: Callable[[], dict[str, 
     acc: dict[str, float] = {}
     out = StepOutput(losses=acc)
     n = parts.grad_accum
+    if n > 1 and parts.accumulation == "gradcache":
+        _grad_cache(parts, step, next_batch, on_batch, out)
+        _optimizer_step(parts)
+        return out
     distributed = parts.world_size > 1 and dist.is_initialized()
     for micro in range(n):
         raw = next_batch()
@@ -158,9 +180,73 @@ def train_step(parts: TrainParts, step: int, next_batch: Callable[[], dict[str, 
         out.ids.extend(raw["ids"])
         for k, v in {"total": total.detach(), **terms}.items():
             acc[k] = acc.get(k, 0.0) + float(v) / n
+    _optimizer_step(parts)
+    return out
+
+
+def _optimizer_step(parts: TrainParts) -> None:
     if parts.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(parts.model.parameters(), parts.grad_clip)
     parts.optimizer.step()
     parts.scheduler.step()
     parts.optimizer.zero_grad(set_to_none=True)
-    return out
+
+
+class _OnDevice(Sequence):
+    """Micro-batches kept on the CPU, each moved to the device when ``grad_cache_step`` reads it."""
+
+    def __init__(self, batches: list[dict[str, torch.Tensor]], device: torch.device) -> None:
+        self.batches, self.device = batches, device
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, m: int) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        return {k: v.to(self.device, non_blocking=True) for k, v in self.batches[m].items()}
+
+
+def _accumulated_group_ids(maker: BatchMaker, raws: list[dict[str, Any]],
+                           flips: list[tuple[list[bool], list[str]]]) -> torch.Tensor | None:
+    """Group ids over all micro-batches (components of shared image/caption/record keys, after the flip)."""
+    if not all("group_keys" in r for r in raws):
+        return None  # grad_cache_step then keeps each micro-batch's groups apart
+    keys = [list(k) for r in raws for k in r["group_keys"]]
+    if maker.flip.mode != "swap":
+        return group_ids_from_keys(keys)
+    return regroup_after_flip(keys, [f for fl, _ in flips for f in fl], [c for _, caps in flips for c in caps])
+
+
+def _grad_cache(parts: TrainParts, step: int, next_batch: Callable[[], dict[str, Any]],
+                on_batch: Callable[[dict[str, Any]], None] | None, out: StepOutput) -> None:
+    """The gradient-cached accumulation of one step (module docstring); fills ``out``, leaves the gradients."""
+    kept: list[int] = []
+    raws: list[dict[str, Any]] = []
+    batches: list[dict[str, torch.Tensor]] = []
+    flips: list[tuple[list[bool], list[str]]] = []
+    cpu = torch.device("cpu")
+    for micro in range(parts.grad_accum):
+        raw = next_batch()
+        out.raw_batches += 1
+        if on_batch is not None:
+            on_batch(raw)
+        if not _usable(raw, parts):
+            continue
+        kept.append(micro)
+        raws.append(raw)
+        batches.append(parts.maker(raw, step, micro, parts.rank, device=cpu))
+        flips.append(parts.maker.last_flip)
+    if not kept:
+        return
+
+    def reseed(m: int) -> None:  # the m-th kept micro-batch's streams, as the plain path seeds them
+        torch.manual_seed(derive_seed(parts.seed, "global", step, kept[m], parts.rank))
+        parts.generator.manual_seed(derive_seed(parts.seed, "model", step, kept[m], parts.rank))
+
+    group_ids = _accumulated_group_ids(parts.maker, raws, flips)
+    with torch.autocast(parts.device.type, dtype=torch.bfloat16, enabled=parts.bf16):
+        res = grad_cache_step(parts.model, parts.loss_fn, _OnDevice(batches, parts.device), terms=parts.terms,
+                              generator=parts.generator, reseed=reseed, group_ids=group_ids)
+    out.pairs = res.pairs * parts.world_size
+    for raw in raws:
+        out.ids.extend(raw["ids"])
+    out.losses.update({"total": float(res.total), **{k: float(v) for k, v in res.terms.items()}})

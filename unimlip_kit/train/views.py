@@ -38,8 +38,9 @@ class BatchMaker:
 
     ``maker(batch, *keys)`` re-seeds every stream from ``(cfg.seed, *keys)`` and returns
     ``images``, ``images_view2``, ``input_ids``, ``attention_mask``, ``input_ids_aug``,
-    ``attention_mask_aug`` and ``group_ids`` on ``device``. ``maker.tokens(captions)`` tokenises
-    (padding, truncation at ``cfg.model.max_text_len``).
+    ``attention_mask_aug`` and ``group_ids`` on ``device`` (or the call's ``device=``); ``maker.last_flip``
+    keeps the call's per-sample flip flags and flipped captions (the gradient-cached step groups several
+    micro-batches with them). ``maker.tokens(captions)`` tokenises (padding, truncation at ``cfg.model.max_text_len``).
 
     Example:
         >>> from unimlip_kit.data import collate_image_text
@@ -69,6 +70,7 @@ class BatchMaker:
             for m in VIEW_PRESETS:
                 self.views[m] = (make(m, a.view1_strength, 0), make(m, a.strength, 1))
         mask = tokenizer.mask_token or "[MASK]"
+        self.last_flip: tuple[list[bool], list[str]] | None = None
         self.text_aug = (CaptionAugment(alpha=a.text_alpha, p=a.text_p, mask_token=mask, generator=0)
                          if a.enabled and a.text else None)
 
@@ -96,13 +98,17 @@ class BatchMaker:
         enc = self.tok(captions, padding=True, truncation=True, max_length=self.cfg.model.max_text_len, return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
-    def __call__(self, batch: dict[str, Any], *keys: object) -> dict[str, torch.Tensor]:
+    def __call__(self, batch: dict[str, Any], *keys: object, device: torch.device | None = None) -> dict[str, torch.Tensor]:
         self.reseed(*keys)
         images, captions = batch["images"], list(batch["captions"])
         images, captions = self.flip(images, captions)  # left/right in the caption follows the image
-        group_ids = batch["group_ids"]
-        if self.flip.mode == "swap" and "group_keys" in batch:
-            group_ids = regroup_after_flip(batch["group_keys"], self.flip.flipped().tolist(), captions)
+        group_ids, flipped = batch["group_ids"], [False] * len(captions)
+        if self.flip.mode == "swap":
+            flipped = self.flip.flipped().tolist()
+            flipped = flipped * len(captions) if len(flipped) == 1 else flipped
+            if "group_keys" in batch:
+                group_ids = regroup_after_flip(batch["group_keys"], flipped, captions)
+        self.last_flip = (flipped, captions)  # what regroup_after_flip needs to group several batches together
         if self.views:
             view1, view2 = self._augment(images, batch["modality"], 1), self._augment(images, batch["modality"], 2)
         else:
@@ -112,4 +118,5 @@ class BatchMaker:
         out = {"images": view1, "images_view2": view2, **t1,
                "input_ids_aug": t2["input_ids"], "attention_mask_aug": t2["attention_mask"],
                "group_ids": group_ids}
-        return {k: v.to(self.device, non_blocking=True) for k, v in out.items()}
+        dev = self.device if device is None else device
+        return {k: v.to(dev, non_blocking=True) for k, v in out.items()}
