@@ -20,6 +20,8 @@ Run it::
     python recipes/uni_mlip_roco.py --data-root /data/roco --image-model google/vit-base-patch16-224-in21k \\
         --text-model microsoft/BiomedNLP-PubMedBERT-base-uncased-abstract --batch-size 64 --amp bf16
     torchrun --nproc_per_node 2 recipes/uni_mlip_roco.py --max-steps 20        # DDP (gloo on CPU, NCCL on GPU)
+    python recipes/uni_mlip_roco.py --data-root /data/shards data.eval_root=/data/roco \\
+        --batch-size 64 --grad-accum 16 model.gradient_checkpointing=true   # shards, gradient-cached batch of 1024
 
 Every key of ``recipes/configs/default.yaml`` can be set in a ``--config`` file or as ``key.sub=value``;
 the flags are shorthands (``unimlip_kit.train.FLAGS``). ``--resume`` continues the run folder's own
@@ -48,13 +50,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from unimlip_kit.data import ImageTextDataset, SkipCounter, StepStream, build_dataloader, build_synthetic_dataset
+from unimlip_kit.data import SkipCounter, StepStream, build_synthetic_dataset
 from unimlip_kit.distributed import get_rank, get_world_size, is_distributed
 from unimlip_kit.eval import format_table, read_synthetic_vqa
 from unimlip_kit.losses import DEFAULT_WEIGHTS, UniMlipLoss
 from unimlip_kit.models.hub import Preprocessing
 from unimlip_kit.train import (BatchMaker, Loggers, RecipeConfig, TrainParts, build_optimizer, build_run_model,
-                               evaluate_run, find_checkpoint, load_recipe_config, load_records, load_run_tokenizer, log0,
+                               evaluate_run, find_checkpoint, load_recipe_config, load_run_data, load_run_tokenizer, log0,
                                cosine_with_warmup, parse_recipe_args, plot_losses, prepare_tokenizer, restore_checkpoint,
                                resume_config,
                                save_backbones, save_checkpoint, save_run_config, setup_distributed, summary_table,
@@ -103,9 +105,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t_start = time.time()
 
     # ---- data: records (skipped rows counted), tokenizer, datasets
-    skips = SkipCounter()
-    train_recs = load_records(cfg, cfg.data.train_split, skips, cfg.data.limit_train)
-    eval_recs = load_records(cfg, cfg.data.eval_split, skips, cfg.data.limit_eval)
+    skips = SkipCounter()  # data.root: ROCO, the synthetic benchmark or shards; data.eval_root: the evaluation folder
+    data = load_run_data(cfg, skips, rank, world)
+    train_recs, eval_recs, loader = data.train_records, data.eval_records, data.loader
     vqa: tuple[list, list] = ([], [])
     if cfg.data.root is None and "vqa" in cfg.eval.tasks and rank == 0:  # the synthetic questions (cached set)
         syn_root = build_synthetic_dataset(cfg.data.synthetic, cfg.data.cache_dir)
@@ -119,16 +121,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg.model = dataclasses.replace(cfg.model, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                                     mask_token_id=tokenizer.mask_token_id,
                                     special_token_ids=sorted(set(tokenizer.all_special_ids)))
-    size, channels = cfg.model.image_size, cfg.model.image_channels
-    train_ds = ImageTextDataset(train_recs, image_size=size, channels=channels, skips=skips)
-    eval_ds = ImageTextDataset(eval_recs, image_size=size, channels=channels, skips=skips)
-    loader = build_dataloader(train_ds, cfg.train.batch_size, seed=cfg.seed, rank=rank, world_size=world,
-                              num_workers=cfg.data.num_workers, drop_last=True)
     if len(loader) == 0:
         raise ValueError(f"{len(train_recs)} training pairs make no full batch of {cfg.train.batch_size} per rank "
                          f"(world size {world}); lower train.batch_size")
-    log0(f"[data] {len(train_recs)} train / {len(eval_recs)} eval pairs from "
-         f"{cfg.data.root or 'the synthetic benchmark'}; vocab {len(tokenizer)}; world size {world}; device {device}")
+    log0(f"[data] {len(train_recs)} train / {len(eval_recs)} eval pairs from {cfg.data.root or 'the synthetic benchmark'}"
+         f"{' (shards)' if data.shards else ''}; vocab {len(tokenizer)}; world size {world}; device {device}")
+    if data.eval_skipped:
+        log0(f"[data] evaluation skipped: {data.eval_skipped}")
 
     # ---- model, loss, optimizer, schedule (a resumed run rebuilds its towers from the run folder alone)
     torch.manual_seed(derive_seed(cfg.seed, "init"))
@@ -166,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     maker = BatchMaker(cfg, tokenizer, device)
     parts = TrainParts(model, loss_fn, maker, opt, sched, seed=cfg.seed, device=device, grad_accum=cfg.train.grad_accum,
                        grad_clip=cfg.train.grad_clip, bf16=use_bf16(cfg.train.amp, device), rank=rank, world_size=world,
-                       train_model=train_model)
+                       train_model=train_model, accumulation=cfg.train.accumulation)
     loggers = Loggers(cfg.train.loggers if rank == 0 else [], run_dir, config=config_to_dict(cfg),
                       project=cfg.train.wandb_project)
 
@@ -228,7 +227,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     if rank == 0:
         t_eval = time.time()
-        evaluation = evaluate_run(model, cfg, maker, train_recs, eval_recs, eval_ds, vqa, device, skips)
+        evaluation = evaluate_run(model, cfg, maker, data.probe_records, eval_recs, data.eval_dataset, vqa, device, skips,
+                                  skip_reason=data.eval_skipped)
         evaluation["seconds"] = time.time() - t_eval
         metrics = {
             "retrieval": evaluation.get("retrieval", {}),

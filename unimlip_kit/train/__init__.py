@@ -18,7 +18,7 @@ and ``[wandb]``.
 from unimlip_kit.train.cli import FLAGS, Flag, ParsedArgs, parse_recipe_args
 from unimlip_kit.train.config import LOGGERS, AugmentConfig, DataConfig, LossConfig, RecipeConfig, TrainConfig
 from unimlip_kit.train.device import log0, resolve_device, setup_distributed
-from unimlip_kit.train.evaluation import evaluate_run, evaluate_run_folder, load_records
+from unimlip_kit.train.evaluation import RunData, evaluate_run, evaluate_run_folder, load_records, load_run_data
 from unimlip_kit.train.optim import build_optimizer, cosine_with_warmup, default_no_decay, param_groups
 from unimlip_kit.train.report import Loggers, plot_losses, summary_table, write_csv
 from unimlip_kit.train.run import (SAFE_RESUME_KEYS, ResumeError, build_run_model, find_checkpoint, find_weights,
@@ -39,6 +39,7 @@ __all__ = [
     "ParsedArgs",
     "RecipeConfig",
     "ResumeError",
+    "RunData",
     "SAFE_RESUME_KEYS",
     "StepOutput",
     "TrainConfig",
@@ -56,6 +57,7 @@ __all__ = [
     "load_records",
     "load_run",
     "load_run_config",
+    "load_run_data",
     "load_run_tokenizer",
     "log0",
     "param_groups",

@@ -65,7 +65,7 @@ _PROGRESS = Flag("--no-progress", "progress", "no progress bars", switch="false"
 #: The flags of every recipe, in one place: recipe name -> its shorthands.
 FLAGS: dict[str, tuple[Flag, ...]] = {
     "uni_mlip_roco": (
-        Flag("--data-root", "data.root", "ROCO folder (default: the synthetic benchmark)"),
+        Flag("--data-root", "data.root", "ROCO folder or WebDataset shards (default: the synthetic benchmark)"),
         Flag("--output-dir", "output_dir", "the run folder"),
         Flag("--max-steps", "train.max_steps", "optimizer steps"),
         Flag("--seed", "seed"),

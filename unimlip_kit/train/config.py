@@ -34,9 +34,10 @@ class DataConfig:
     (``<root>/data/{train,validation,test}/radiology/captions.txt``) or WebDataset
     tar shards (a folder of ``*.tar`` or a brace pattern, :func:`~unimlip_kit.data.is_shard_source`;
     ``python -m unimlip_kit.data shards`` writes them), which train with ``train_split`` ignored.
-    ``eval_root`` is where evaluation reads ``eval_split``: a ROCO checkout or shards; ``None``
-    means ``root`` when that is a ROCO checkout (or the synthetic benchmark); with shards and no
-    ``eval_root`` the evaluation tasks are skipped, saying why.
+    ``eval_root`` is where evaluation reads ``eval_split`` (and, for shards, the linear probe's
+    ``train_split``): a ROCO checkout, since evaluation reads image files (shards are refused, naming
+    the key); ``None`` means ``root`` when that is a ROCO checkout (or the synthetic benchmark); with
+    shards and no ``eval_root`` the evaluation tasks are skipped, saying why.
 
     Example:
         >>> DataConfig().root is None, DataConfig().eval_root, DataConfig().synthetic.n_train, DataConfig().eval_split

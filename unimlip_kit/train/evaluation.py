@@ -1,6 +1,9 @@
 """Records of a run's data, the evaluation at the end of a run, and the evaluation of a saved run folder.
 
 * :func:`load_records`: a split of ROCO or of the synthetic benchmark (rank 0 builds it, the others wait).
+* :func:`load_run_data`: what a training run reads: training records and loader (a ROCO folder, the
+  synthetic benchmark or WebDataset shards, :func:`~unimlip_kit.data.open_shards`) and the evaluation
+  records (``data.eval_root``, by default ``data.root`` unless that is shards).
 * :func:`evaluate_run`: what ``recipes/uni_mlip_roco.py`` prints at the end (the downstream suite of
   :func:`unimlip_kit.eval.evaluate_model` plus held-out ITM/MLM accuracy, :func:`unimlip_kit.eval.fused_metrics`).
 * :func:`evaluate_run_folder`: what ``recipes/evaluate.py`` runs on a saved run folder. It reads only the
@@ -12,12 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import torch
 import torch.distributed as dist
 
-from unimlip_kit.data import SkipCounter, build_dataloader, build_synthetic_dataset, read_roco, roco_split_dir
+from unimlip_kit.data import (ImageTextDataset, ImageTextRecord, SkipCounter, build_dataloader, build_synthetic_dataset,
+                              is_shard_source, open_shards, read_roco, read_shard_metadata, roco_split_dir)
 from unimlip_kit.distributed import get_rank, is_distributed
 from unimlip_kit.eval import (EvalConfig, evaluate_model, fused_metrics, read_slake, read_synthetic_vqa, read_vqa_rad,
                               synthetic_class_prompts)
@@ -25,7 +29,7 @@ from unimlip_kit.train.config import RecipeConfig
 from unimlip_kit.train.views import BatchMaker
 from unimlip_kit.utils import derive_seed
 
-__all__ = ["evaluate_run", "evaluate_run_folder", "load_records"]
+__all__ = ["RunData", "evaluate_run", "evaluate_run_folder", "load_records", "load_run_data"]
 
 
 def _data_root(cfg: RecipeConfig, progress: bool = False) -> Path:
@@ -53,15 +57,99 @@ def load_records(cfg: RecipeConfig, split: str, skips: SkipCounter, limit: int |
     return read_roco(_data_root(cfg, progress=True), split, skips=skips, limit=limit)
 
 
+class RunData(NamedTuple):
+    """What :func:`load_run_data` returns.
+
+    Attributes:
+        train_records: the training pairs (from shards: their metadata, ``image_path`` = ``<shard>#<key>``).
+        loader: the training batches, a :func:`~unimlip_kit.data.build_dataloader` or a
+            :class:`~unimlip_kit.data.ShardLoader` (both resumable by :class:`~unimlip_kit.data.StepStream`).
+        eval_records: the evaluation split's pairs (``[]`` when there is no evaluation source).
+        probe_records: labelled training images for the linear probe (from shards: the evaluation
+            source's training split, if it has one).
+        eval_dataset: ``eval_records`` as an :class:`~unimlip_kit.data.ImageTextDataset`.
+        eval_skipped: why evaluation cannot run (``None``: it can).
+        shards: whether training reads shards.
+
+    Example:
+        >>> RunData([], None, [], [], None, "no eval source", True).eval_skipped
+        'no eval source'
+    """
+
+    train_records: list[Any]
+    loader: Any
+    eval_records: list[Any]
+    probe_records: list[Any]
+    eval_dataset: Any
+    eval_skipped: str | None
+    shards: bool
+
+
+def load_run_data(cfg: RecipeConfig, skips: SkipCounter, rank: int = 0, world_size: int = 1) -> RunData:
+    """Training records and loader, evaluation records: ``data.root`` (ROCO, synthetic or shards) and ``data.eval_root``.
+
+    Shards (``data.root`` a shard folder, ``.tar`` or brace pattern) are read by
+    :func:`~unimlip_kit.data.open_shards` with the run's seed, rank and world size (split by shard,
+    ``drop_last``) and their captions by :func:`~unimlip_kit.data.read_shard_metadata` (the tokenizer's
+    vocabulary); ``data.train_split`` and ``limit_train`` do not apply to them. Evaluation reads
+    ``data.eval_root`` (a ROCO folder), by default ``data.root`` unless that is shards, where no
+    ``eval_root`` means the evaluation is skipped with ``eval_skipped`` saying why.
+
+    Example:
+        >>> import tempfile
+        >>> from unimlip_kit.utils import load_config
+        >>> cfg = load_config(RecipeConfig, None, [f"data.cache_dir={tempfile.mkdtemp()}", "data.synthetic.n_train=4",
+        ...     "data.synthetic.n_validation=1", "data.synthetic.n_test=2", "data.synthetic.image_size=16",
+        ...     "progress=false", "train.batch_size=2"])
+        >>> d = load_run_data(cfg, SkipCounter())
+        >>> len(d.train_records), len(d.loader), len(d.eval_records), d.eval_skipped, d.shards
+        (4, 2, 2, None, False)
+    """
+    data, size, channels = cfg.data, cfg.model.image_size, cfg.model.image_channels
+    shards = data.root is not None and is_shard_source(data.root)
+    if data.eval_root is not None and is_shard_source(data.eval_root):
+        raise ValueError(f"data.eval_root={data.eval_root!r} is shards; evaluation reads image files: give the ROCO "
+                         f"folder the shards were written from (shards are for training)")
+    if shards:
+        if data.limit_train is not None:
+            raise ValueError(f"data.limit_train={data.limit_train} does not apply to shards (data.root={data.root!r}): "
+                             f"write fewer shards or unset it")
+        train_recs = [ImageTextRecord(m["id"], Path(f"{m['shard']}#{m['key']}"), m["caption"], label=m["label"],
+                                      group=m["group"] or "", modality=m["modality"]) for m in read_shard_metadata(data.root)]
+        loader = open_shards(data.root, cfg.train.batch_size, image_size=size, channels=channels, seed=cfg.seed,
+                             rank=rank, world_size=world_size, num_workers=data.num_workers, drop_last=True, skips=skips)
+    else:
+        train_recs = load_records(cfg, data.train_split, skips, data.limit_train)
+        loader = build_dataloader(ImageTextDataset(train_recs, image_size=size, channels=channels, skips=skips),
+                                  cfg.train.batch_size, seed=cfg.seed, rank=rank, world_size=world_size,
+                                  num_workers=data.num_workers, drop_last=True)
+    eval_recs: list[Any] = []
+    probe_recs: list[Any] = [] if shards else train_recs
+    reason = None
+    if data.eval_root is None and shards:
+        reason = f"training reads shards ({data.root}) and data.eval_root names no evaluation folder"
+    elif data.eval_root is None:
+        eval_recs = load_records(cfg, data.eval_split, skips, data.limit_eval)
+    elif not _has_split(Path(data.eval_root), data.eval_split):
+        reason = f"data.eval_root={data.eval_root} has no {data.eval_split} split"
+    else:
+        eval_recs = read_roco(data.eval_root, data.eval_split, skips=skips, limit=data.limit_eval)
+        if shards and _has_split(Path(data.eval_root), data.train_split):
+            probe_recs = read_roco(data.eval_root, data.train_split, skips=skips)
+    eval_ds = ImageTextDataset(eval_recs, image_size=size, channels=channels, skips=skips)
+    return RunData(train_recs, loader, eval_recs, probe_recs, eval_ds, reason, shards)
+
+
 def evaluate_run(model: torch.nn.Module, cfg: RecipeConfig, maker: BatchMaker, train_recs: Sequence[Any],
                  eval_recs: Sequence[Any], eval_ds: Any, vqa: tuple[list, list], device: torch.device,
-                 skips: SkipCounter) -> dict[str, Any]:
+                 skips: SkipCounter, skip_reason: str | None = None) -> dict[str, Any]:
     """The held-out evaluation printed at the end of a run (eval mode, clean images, all tokens).
 
     Retrieval (plain and meaning-level R@1, the ceiling), zero-shot and linear-probe accuracy over the
     finding classes, VQA after fine-tuning beside the same head on an untrained model
     (:func:`unimlip_kit.eval.evaluate_model`), and held-out ITM / MLM accuracy with hard negatives drawn
-    as in training (:func:`unimlip_kit.eval.fused_metrics`).
+    as in training (:func:`unimlip_kit.eval.fused_metrics`). ``skip_reason`` (no evaluation source) skips
+    every task, saying why.
 
     Example:
         >>> from unimlip_kit.utils import load_config
@@ -70,6 +158,9 @@ def evaluate_run(model: torch.nn.Module, cfg: RecipeConfig, maker: BatchMaker, t
         ['seconds', 'skipped']
     """
     model.eval()
+    if skip_reason is not None:
+        fused = [t for t in ("itm", "mlm") if cfg.loss.weights.get(t, 0) > 0]
+        return {"skipped": {t: skip_reason for t in list(cfg.eval.tasks) + (["fused"] if fused else [])}}
 
     def tokenize(texts: list[str]) -> dict[str, torch.Tensor]:
         return maker.tokens(list(texts))

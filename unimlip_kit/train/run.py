@@ -65,7 +65,7 @@ CHECKPOINTS = "checkpoints"
 SAFE_RESUME_KEYS = (
     "train.max_steps", "train.log_every", "train.ckpt_every", "train.keep_checkpoints", "train.loggers",
     "train.wandb_project", "progress", "device", "threads", "output_dir", "data.num_workers", "data.cache_dir",
-    "eval.*",
+    "data.eval_root", "eval.*",
 )
 #: Keys the recipe sets from the tokenizer: kept from the saved config on resume, never compared.
 DERIVED_KEYS = ("model.vocab_size", "model.pad_token_id", "model.mask_token_id", "model.special_token_ids")
