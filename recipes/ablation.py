@@ -1,171 +1,215 @@
-"""Ablation of the Uni-Mlip self-supervision families on the synthetic benchmark, one command.
+"""The Uni-Mlip ablation grid on the synthetic benchmark: variants x training-set sizes x seeds, resumable cell by cell.
 
-    python recipes/ablation.py                          # 4 variants x 3 seeds, recipes/configs/ablation.yaml, 200 steps
-    python recipes/ablation.py --scale recipe --seeds 0 1   # the recipe's default config (default.yaml) and 500 steps
-    python recipes/ablation.py --seeds 0 --max-steps 100 --output-dir runs/ablation_quick
-    python recipes/ablation.py --variants clip uni-mlip --train-set train.batch_size=32 --eval-set vqa_max_steps=50
-    python recipes/ablation.py recipe_config=recipes/configs/tiny.yaml seeds=[0]        # any AblationConfig key
+    python recipes/ablation.py --plan                   # the grid, what is finished, the estimated time; runs nothing
+    python recipes/ablation.py --max-cells 6            # run the next 6 unfinished cells (one sitting), then report
+    python recipes/ablation.py                          # run every unfinished cell (72 at the defaults), then report
+    python recipes/ablation.py --only-size 1000 --only-variant clip uni-mlip --max-cells 2
+    python recipes/ablation.py --report                 # aggregate the finished cells, marking the missing ones
+    python recipes/ablation.py --max-steps 300 --cells-dir runs/ablation_cells_300   # another grid, its own cells
+    python recipes/ablation.py --scale shortened        # recipes/configs/ablation.yaml's smaller model (quick looks)
 
-Variants (loss terms switched on; every other term has weight 0):
+Variants (loss terms switched on; every other term has weight 0). Each family is added to CLIP on its
+own; the leave-one-out variants take one term away from the full objective.
 
-=============  ==========================================================================
-clip           ITC only (CLIP)
-+uni-modal     ITC + image NT-Xent/SimSiam + text SimCSE
-+fused         ITC + ITM with hard negatives + image-conditioned MLM
-uni-mlip       all terms: ITC, feature-level ITC, image SSL, text SSL, ITM, MLM (Uni-Mlip)
-=============  ==========================================================================
+=================  ==================================================================================
+uni-mlip           the full objective: ITC, feature-level ITC, image SSL, text SSL, ITM, MLM
+clip               ITC only (CLIP), the same steps
+clip-walltime      ITC only, given the full objective's measured training wall time in the same
+                   (size, seed) cell (``train.max_seconds``; the schedule runs over the budget)
++itc-feature       ITC + feature-level ITC (dropout / token-keeping views)
++uni-modal         ITC + image NT-Xent/SimSiam + text SimCSE
++fused             ITC + ITM with hard negatives + image-conditioned MLM
+no-<term>          the full objective without <term> (6 variants; at ``loo_sizes`` only, the middle size)
+no-pretraining     not trained: the VQA head fine-tuned on a freshly initialised model (once per size and seed)
+=================  ==================================================================================
 
-Each (variant, seed) runs the command ``recipes/uni_mlip_roco.py --config <recipe config>`` in
-its own process (the same config, steps and data for every variant), then
-:func:`unimlip_kit.train.evaluate_run_folder` (what ``recipes/evaluate.py`` runs) measures
-retrieval R@1 (mean of both directions), zero-shot and linear-probe accuracy on the 17 finding
-classes, and VQA accuracy after a short fine-tune. The table (mean ± std over
-seeds) goes to ``<output-dir>/ablation.md`` and ``benchmarks/results/ablation.md``,
-the raw numbers to ``ablation.json`` and a bar chart to ``ablation.png``.
-Finished (variant, seed) pairs are reused when the command is run again; a trained
-but unevaluated run is only evaluated (``--reevaluate`` evaluates every trained run again).
-Several processes (e.g. one per variant) may share ``--output-dir``; a last call
-then only collects the table. The committed table took about 25 minutes that way
-(4 processes) on the shared 2-core development machine.
+Data: one synthetic pool of ``pool_size`` (4000) training pairs (``data.synthetic.n_train``); a
+training-set size N trains on its first N pairs (``data.limit_train=N``), so the sizes are nested and
+the test split (``n_test`` and the generator seed untouched; sample i depends only on (seed, split, i))
+is the same for every cell. The evaluation is identical across sizes: retrieval and zero-shot on the
+test split, the linear probe and the VQA fine-tune on the pool's training split.
+
+Each cell (size, variant, seed) runs ``recipes/uni_mlip_roco.py --config <training config>`` in its own
+process (evaluating only retrieval at its end), then :func:`unimlip_kit.train.evaluate_run_folder`
+in-process measures plain and meaning-level R@1 in both directions, zero-shot and linear-probe accuracy
+over the 17 finding classes and VQA accuracy after a short fine-tune. The cell's numbers go to
+``<cells_dir>/<size>/<variant>/seed<k>.json`` (default ``benchmarks/results/ablation_cells/``); a rerun
+skips finished cells, so the grid can be completed over several sittings (``--max-cells N`` bounds one).
+A killed cell starts again from step 0. Cells made under other settings (steps, training config,
+evaluation) are refused by a run and left out of a report, naming the keys. Within a (seed, size), the
+full objective runs first: the CLIP-wall-time cell needs its measured time.
+
+The report (``benchmarks/results/ablation.{json,md,png}``): mean ± std over seeds per size and variant,
+the paired difference of every variant to CLIP with a 95% t interval over seeds
+(:func:`paired_interval`), a plot of each metric against training-set size, the command and commits.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import shlex
+import shutil
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, NamedTuple, Sequence
 
 from unimlip_kit.eval import EvalConfig
 from unimlip_kit.losses import DEFAULT_WEIGHTS
-from unimlip_kit.train import evaluate_run_folder, load_run, parse_recipe_args, resolve_device
-from unimlip_kit.utils import load_config, load_json, run_metadata, save_json
+from unimlip_kit.train import evaluate_run_folder, load_recipe_config, load_run, parse_recipe_args, resolve_device
+from unimlip_kit.utils import config_to_dict, load_config, load_json, run_metadata, save_json
+from unimlip_kit.utils.io import atomic_write
 
 RECIPES = Path(__file__).resolve().parent
-RESULTS = RECIPES.parent / "benchmarks" / "results"
-#: the training config of each scale
-SCALES = {"shortened": RECIPES / "configs" / "ablation.yaml", "recipe": RECIPES / "configs" / "default.yaml"}
+ROOT = RECIPES.parent
+RESULTS = ROOT / "benchmarks" / "results"
+CELLS = RESULTS / "ablation_cells"
+#: the training config of each scale: the recipe's default model, or the smaller model of ablation.yaml
+SCALES = {"recipe": RECIPES / "configs" / "default.yaml", "shortened": RECIPES / "configs" / "ablation.yaml"}
 
-#: variant -> loss terms enabled (UniMlipLoss / UniMlipModel term names)
+ALL_TERMS = tuple(DEFAULT_WEIGHTS)
+FULL, BASELINE, WALLTIME, FLOOR = "uni-mlip", "clip", "clip-walltime", "no-pretraining"
+#: variant -> loss terms enabled (UniMlipLoss term names); the full objective first (clip-walltime needs its time)
 VARIANTS: dict[str, tuple[str, ...]] = {
-    "clip": ("itc",),
+    FULL: ALL_TERMS,
+    BASELINE: ("itc",),
+    WALLTIME: ("itc",),
+    "+itc-feature": ("itc", "itc_feature"),
     "+uni-modal": ("itc", "image_ssl", "text_ssl"),
     "+fused": ("itc", "itm", "mlm"),
-    "uni-mlip": ("itc", "itc_feature", "image_ssl", "text_ssl", "itm", "mlm"),
 }
-ALL_TERMS = tuple(DEFAULT_WEIGHTS)
+#: the full objective minus one term
+LEAVE_ONE_OUT: dict[str, tuple[str, ...]] = {f"no-{t}": tuple(x for x in ALL_TERMS if x != t) for t in ALL_TERMS}
+ALL_VARIANTS = {**VARIANTS, **LEAVE_ONE_OUT}
 
-#: (column title, function of an evaluation result)
-METRICS: dict[str, Callable[[Mapping[str, Any]], float]] = {
-    "retrieval R@1": lambda m: (m["retrieval"]["i2t"]["R@1"] + m["retrieval"]["t2i"]["R@1"]) / 2,
+#: (column, function of an evaluate_run_folder result): the quality metrics of a cell
+EVAL_METRICS: dict[str, Callable[[Mapping[str, Any]], float]] = {
+    "i2t R@1": lambda m: m["retrieval"]["i2t"]["R@1"],
+    "t2i R@1": lambda m: m["retrieval"]["t2i"]["R@1"],
+    "i2t R@1 meaning": lambda m: m["retrieval"]["i2t_R@1_meaning"],
+    "t2i R@1 meaning": lambda m: m["retrieval"]["t2i_R@1_meaning"],
     "zero-shot acc": lambda m: m["zero_shot"]["accuracy"],
     "linear-probe acc": lambda m: m["linear_probe"]["accuracy"],
     "VQA acc": lambda m: m["vqa"]["accuracy"],
 }
+#: the cost columns, from the run's metrics.json "train" section
+COST_METRICS: dict[str, Callable[[Mapping[str, Any]], float]] = {
+    "train s": lambda t: t["wall_s"],
+    "steps": lambda t: t["steps"],
+}
+METRICS = (*EVAL_METRICS, *COST_METRICS)
+
+#: two-sided 95% quantiles t_{0.975, df} for df = 1..30 (used when scipy is absent)
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+READING_RULE = ("Reading rule: claim only what the intervals support. A difference whose 95% interval over seeds "
+                "contains 0 is not a finding (with 3 seeds the interval is wide: t = 4.30); an interval is marked "
+                "▲ (above 0) or ▼ (below 0) only when it excludes 0.")
 
 
-def _ablation_eval() -> EvalConfig:  # the same for every run, sized for the CPU budget
+def _ablation_eval() -> EvalConfig:  # the same for every cell, sized for the CPU budget
     return EvalConfig(probe_train_limit=500, vqa_train_limit=1000, vqa_test_limit=500, vqa_max_steps=200)
 
 
 @dataclass
 class AblationConfig:
-    """Which variants and seeds, the training config they share, and the evaluation settings."""
+    """The grid (variants, sizes, seeds), the training config its cells share, and the evaluation settings.
 
-    variants: list[Literal["clip", "+uni-modal", "+fused", "uni-mlip"]] = field(default_factory=lambda: list(VARIANTS))
+    Example:
+        >>> c = AblationConfig(); c.sizes, c.seeds, c.loo_sizes, c.pool_size, c.max_steps
+        ([250, 1000, 4000], [0, 1, 2], [1000], 4000, None)
+    """
+
+    variants: list[str] = field(default_factory=lambda: list(VARIANTS))
+    leave_one_out: bool = True  # the no-<term> variants at loo_sizes
+    sizes: list[int] = field(default_factory=lambda: [250, 1000, 4000])  # training pairs (first N of the pool)
+    loo_sizes: list[int] = field(default_factory=lambda: [1000])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    # shortened: recipes/configs/ablation.yaml (about 30 CPU-minutes for 12 runs); recipe: the recipe's defaults
-    scale: Literal["shortened", "recipe"] = "shortened"
+    pool_size: int = 4000  # data.synthetic.n_train: one pool, so the test split and the probe/VQA data never change
+    scale: Literal["recipe", "shortened"] = "recipe"  # recipe: default.yaml; shortened: ablation.yaml
     recipe_config: str | None = None  # a training config file instead of the scale's
-    max_steps: int | None = None  # training steps per run (default 200 shortened, 500 recipe)
-    output_dir: str = "runs/ablation"
-    results_dir: str = str(RESULTS)  # where ablation.md/.json/.png are copied
-    train_set: list[str] = field(default_factory=list)  # extra training-recipe overrides for every run
+    max_steps: int | None = None  # training steps per cell (None: the training config's train.max_steps)
+    walltime_step_factor: int = 20  # clip-walltime: max_steps and warmup_steps x this, so the time budget binds
+    output_dir: str = "runs/ablation"  # run folders: <output_dir>/<size>/<variant>/seed<k>
+    cells_dir: str = str(CELLS)  # finished cells: <cells_dir>/<size>/<variant>/seed<k>.json
+    results_dir: str = str(RESULTS)  # where ablation.md/.json/.png are written
+    train_set: list[str] = field(default_factory=list)  # extra training-recipe overrides for every cell
     eval: EvalConfig = field(default_factory=_ablation_eval)
-    reevaluate: bool = False  # evaluate trained runs again (keeps the training)
-    note: str = ""  # appended to the table header (e.g. what was shortened)
+    reevaluate: bool = False  # evaluate trained cells again (keeps the training)
+    keep_optimizer_state: bool = False  # keep checkpoints' state.pt (about 3x the weights) after a cell is stored
+    only_size: list[int] = field(default_factory=list)  # restrict this call to these sizes
+    only_variant: list[str] = field(default_factory=list)  # restrict this call to these variants
+    max_cells: int | None = None  # run at most this many cells in this call
+    report: bool = False  # only aggregate the finished cells
+    plan: bool = False  # only print the grid, what is finished and the estimated time
+    guess_seconds_per_cell: float = 360.0  # the time estimate before any cell of a variant is measured
+    note: str = ""  # appended to the report header
     progress: bool = True
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value; NaNs dropped).
+class Cell(NamedTuple):
+    """One (training-set size, variant, seed) of the grid."""
+
+    size: int
+    variant: str
+    seed: int
+
+
+def grid(cfg: AblationConfig) -> list[Cell]:
+    """Every cell of the grid in running order: seed, then size, then variant with the full objective first.
 
     Example:
-        >>> mean_std([1.0, 2.0, 3.0])
-        (2.0, 1.0)
+        >>> cells = grid(AblationConfig(sizes=[10, 20], loo_sizes=[20], seeds=[0]))
+        >>> len(cells), cells[0], [c.variant for c in cells if c.size == 20][-1]
+        (18, Cell(size=10, variant='uni-mlip', seed=0), 'no-mlm')
     """
-    v = [float(x) for x in values if x == x]
-    if not v:
-        return float("nan"), float("nan")
-    m = sum(v) / len(v)
-    s = math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else 0.0
-    return m, s
-
-
-def summarize(results: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> dict[str, dict[str, tuple[float, float]]]:
-    """``{variant: {metric: (mean, std)}}`` from ``{variant: {seed: evaluate.py result}}``."""
-    out: dict[str, dict[str, tuple[float, float]]] = {}
-    for variant, by_seed in results.items():
-        out[variant] = {}
-        for name, fn in METRICS.items():
-            vals = []
-            for m in by_seed.values():
-                try:
-                    vals.append(float(fn(m)))
-                except (KeyError, TypeError):
-                    vals.append(float("nan"))
-            out[variant][name] = mean_std(vals)
+    for v in cfg.variants:
+        if v not in ALL_VARIANTS:
+            raise ValueError(f"unknown variant {v!r}; known: {list(ALL_VARIANTS)}")
+    if WALLTIME in cfg.variants and FULL not in cfg.variants:
+        raise ValueError(f"{WALLTIME!r} needs {FULL!r} in variants (its budget is the full objective's wall time)")
+    if not cfg.sizes or not cfg.seeds:
+        raise ValueError("sizes and seeds must not be empty")
+    if max(cfg.sizes) > cfg.pool_size or min(cfg.sizes) < 1:
+        raise ValueError(f"sizes {cfg.sizes} must lie in [1, pool_size={cfg.pool_size}]")
+    bad = [s for s in cfg.loo_sizes if s not in cfg.sizes]
+    if cfg.leave_one_out and bad:
+        raise ValueError(f"loo_sizes {bad} are not among sizes {cfg.sizes}")
+    order = [v for v in ALL_VARIANTS if v in cfg.variants]  # FULL first, whatever order they were given in
+    out = []
+    for seed in cfg.seeds:
+        for size in sorted(cfg.sizes):
+            variants = order + ([v for v in LEAVE_ONE_OUT if v not in order]
+                                if cfg.leave_one_out and size in cfg.loo_sizes else [])
+            out += [Cell(size, v, seed) for v in variants]
     return out
 
 
-def markdown_table(summary: Mapping[str, Mapping[str, tuple[float, float]]], header: str, n_seeds: Mapping[str, int]) -> str:
-    """The Markdown table (mean ± std over seeds) with a header line saying how it was produced.
+def select(cells: Sequence[Cell], only_size: Sequence[int] = (), only_variant: Sequence[str] = ()) -> list[Cell]:
+    """The cells of the given sizes and variants (empty = all).
 
     Example:
-        >>> print(markdown_table({"clip": {k: (0.5, 0.01) for k in METRICS}}, "demo", {"clip": 3}))
-        demo
-        <BLANKLINE>
-        | variant | terms | seeds | retrieval R@1 | zero-shot acc | linear-probe acc | VQA acc |
-        |---|---|---|---|---|---|---|
-        | clip | itc | 3 | 0.500 ± 0.010 | 0.500 ± 0.010 | 0.500 ± 0.010 | 0.500 ± 0.010 |
+        >>> select([Cell(1, "clip", 0), Cell(2, "clip", 0), Cell(2, "uni-mlip", 0)], [2], ["clip"])
+        [Cell(size=2, variant='clip', seed=0)]
     """
-    cols = list(METRICS)
-    lines = [header, "", "| variant | terms | seeds | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 3)]
-    for variant, row in summary.items():
-        cells = [f"{row[c][0]:.3f} ± {row[c][1]:.3f}" if row[c][0] == row[c][0] else "n/a" for c in cols]
-        terms = ", ".join(VARIANTS.get(variant, ()))
-        lines.append(f"| {variant} | {terms} | {n_seeds.get(variant, 0)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    bad = [v for v in only_variant if v not in ALL_VARIANTS]
+    if bad:
+        raise ValueError(f"unknown variant(s) {bad} in only_variant; known: {list(ALL_VARIANTS)}")
+    return [c for c in cells if (not only_size or c.size in only_size) and (not only_variant or c.variant in only_variant)]
 
 
-def bar_chart(summary: Mapping[str, Mapping[str, tuple[float, float]]], path: Path, title: str) -> Path:
-    """Grouped bars (one group per metric, one bar per variant) with ±std error bars."""
-    import matplotlib
+def cell_path(cells_dir: str | Path, cell: Cell) -> Path:
+    """Where a finished cell is stored.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cols, variants = list(METRICS), list(summary)
-    width = 0.8 / max(1, len(variants))
-    fig, ax = plt.subplots(figsize=(9, 4))
-    for k, v in enumerate(variants):
-        xs = [i + (k - (len(variants) - 1) / 2) * width for i in range(len(cols))]
-        means = [summary[v][c][0] if summary[v][c][0] == summary[v][c][0] else 0.0 for c in cols]
-        stds = [summary[v][c][1] if summary[v][c][1] == summary[v][c][1] else 0.0 for c in cols]
-        ax.bar(xs, means, width, yerr=stds, capsize=3, label=v)
-    ax.set_xticks(range(len(cols)), cols)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("fraction (mean ± std over seeds)")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    Example:
+        >>> cell_path("cells", Cell(250, "+fused", 1)).as_posix()
+        'cells/250/+fused/seed1.json'
+    """
+    return Path(cells_dir) / str(cell.size) / cell.variant / f"seed{cell.seed}.json"
 
 
 def variant_overrides(variant: str) -> list[str]:
@@ -175,96 +219,510 @@ def variant_overrides(variant: str) -> list[str]:
         >>> variant_overrides("clip")[:2]
         ['loss.weights.itc=1.0', 'loss.weights.itc_feature=0.0']
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; known: {list(VARIANTS)}")
-    on = set(VARIANTS[variant])
+    if variant not in ALL_VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; known: {list(ALL_VARIANTS)}")
+    on = set(ALL_VARIANTS[variant])
     return [f"loss.weights.{t}={1.0 if t in on else 0.0}" for t in ALL_TERMS]
 
 
-SHORTENED = ("SHORTENED to fit about 30 CPU-minutes on a shared 2-core machine: {steps} steps instead of the recipe's 500, "
-             "batch 16 instead of 32, lr 5e-4 instead of 1e-3, 32-px images and 1-layer 64-wide towers instead of 64 px / 2 layers / 128 wide, "
-             "linear probe on 500 training images, VQA fine-tuned for {vqa} steps on 1000 questions, tested on 500.")
-
-RECIPE_SCALE = ("At the recipe's own model and data (64 px, 2-layer 128-wide towers with mean pooling, batch 32, lr 1e-3, "
-                "medical augmentations on), {steps} steps; linear probe on 500 training images, VQA fine-tuned for {vqa} steps "
-                "on 1000 questions, tested on 500.")
+def training_config_path(cfg: AblationConfig) -> Path:
+    """The training config file every cell starts from."""
+    return Path(cfg.recipe_config) if cfg.recipe_config else SCALES[cfg.scale]
 
 
-def train_command(cfg: AblationConfig, variant: str, seed: int, run: Path) -> list[str]:
-    """The training command of one (variant, seed): the recipe with the shared config, this seed and these terms.
+def shared_overrides(cfg: AblationConfig) -> list[str]:
+    """The overrides every cell gets: the pool, the extra ``train_set`` (the size, seed and terms come per cell)."""
+    return [f"data.synthetic.n_train={cfg.pool_size}", *cfg.train_set]
+
+
+def resolved_steps(cfg: AblationConfig) -> tuple[int, int]:
+    """``(max_steps, warmup_steps)`` of a cell: ``cfg.max_steps`` or the training config's, and its warm-up."""
+    rcfg = load_recipe_config(training_config_path(cfg), shared_overrides(cfg))
+    return (cfg.max_steps if cfg.max_steps is not None else rcfg.train.max_steps), rcfg.train.warmup_steps
+
+
+def train_command(cfg: AblationConfig, cell: Cell, run: Path, budget_s: float | None = None) -> list[str]:
+    """The training command of one cell: the recipe with the shared config, this size, seed and these terms.
+
+    ``budget_s`` (clip-walltime): ``train.max_seconds``, with ``max_steps`` and ``warmup_steps`` scaled by
+    ``walltime_step_factor`` so that the budget, not the step count, ends the run and the warm-up keeps
+    its share of the schedule.
 
     Example:
-        >>> cmd = train_command(AblationConfig(max_steps=7), "clip", 1, Path("runs/x"))
-        >>> cmd[1].endswith("uni_mlip_roco.py"), cmd[3].endswith("ablation.yaml"), cmd[4:10]
+        >>> cmd = train_command(AblationConfig(max_steps=7), Cell(250, "clip", 1), Path("runs/x"))
+        >>> cmd[1].endswith("uni_mlip_roco.py"), cmd[3].endswith("default.yaml"), cmd[4:10]
         (True, True, ['--output-dir', 'runs/x', '--seed', '1', '--max-steps', '7'])
+        >>> [a for a in cmd if a.startswith("data.")]
+        ['data.synthetic.n_train=4000', 'data.limit_train=250']
     """
-    config = cfg.recipe_config or str(SCALES[cfg.scale])
-    cmd = [sys.executable, str(RECIPES / "uni_mlip_roco.py"), "--config", config, "--output-dir", str(run),
-           "--seed", str(seed), "--max-steps", str(cfg.max_steps)]
-    return cmd + (["--no-progress"] if not cfg.progress else []) + variant_overrides(variant) + list(cfg.train_set)
+    steps, warmup = resolved_steps(cfg)
+    extra = []
+    if budget_s is not None:
+        steps *= cfg.walltime_step_factor
+        extra = [f"train.max_seconds={budget_s}", f"train.warmup_steps={warmup * cfg.walltime_step_factor}"]
+    cmd = [sys.executable, str(RECIPES / "uni_mlip_roco.py"), "--config", str(training_config_path(cfg)),
+           "--output-dir", str(run), "--seed", str(cell.seed), "--max-steps", str(steps)]
+    cmd += ["--no-progress"] if not cfg.progress else []
+    # the run evaluates only retrieval itself (the ablation evaluates everything after); one checkpoint at the end
+    cmd += ["eval.tasks=[retrieval]", "eval.vqa_floor=false", f"train.ckpt_every={steps}", "train.keep_checkpoints=1"]
+    return cmd + shared_overrides(cfg) + [f"data.limit_train={cell.size}"] + variant_overrides(cell.variant) + extra
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping) and k != "weights":
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+#: recipe keys that differ between cells by design (or do not change a result)
+_PER_CELL = ("seed", "output_dir", "progress", "threads", "device", "data.limit_train", "loss.weights", "eval.",
+             "train.max_steps", "train.max_seconds", "train.warmup_steps", "train.ckpt_every", "train.keep_checkpoints",
+             "train.log_every", "train.loggers", "data.num_workers")
+
+
+def settings(cfg: AblationConfig) -> dict[str, Any]:
+    """What must be equal for two cells to belong to one grid: the resolved training config, steps, evaluation.
+
+    Example:
+        >>> s = settings(AblationConfig(max_steps=5)); s["max_steps"], s["train"]["data.synthetic.n_train"]
+        (5, 4000)
+    """
+    rcfg = load_recipe_config(training_config_path(cfg), shared_overrides(cfg))
+    train = {k: v for k, v in _flatten(config_to_dict(rcfg)).items() if not k.startswith(_PER_CELL)}
+    ev = {k: v for k, v in config_to_dict(cfg.eval).items() if k not in ("seed", "vqa_floor")}
+    return {"train": train, "max_steps": resolved_steps(cfg)[0], "walltime_step_factor": cfg.walltime_step_factor,
+            "eval": ev}
+
+
+def settings_mismatch(saved: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{key: (saved, current)}`` for the keys present in both that differ (keys new on one side are ignored).
+
+    Example:
+        >>> settings_mismatch({"max_steps": 5, "train": {"a": 1, "b": 2}}, {"max_steps": 6, "train": {"a": 1, "c": 0}})
+        {'max_steps': (5, 6)}
+    """
+    a, b = _flatten(saved), _flatten(current)
+    return {k: (a[k], b[k]) for k in sorted(set(a) & set(b)) if a[k] != b[k]}
+
+
+def cell_metrics(evaluation: Mapping[str, Any], train: Mapping[str, Any]) -> dict[str, float]:
+    """The :data:`METRICS` of a cell from its evaluation and its run's ``metrics.json["train"]`` (NaN if absent).
+
+    Example:
+        >>> ev = {"retrieval": {"i2t": {"R@1": 0.5}, "t2i": {"R@1": 0.25}, "i2t_R@1_meaning": 0.75,
+        ...                     "t2i_R@1_meaning": 1.0}, "zero_shot": {"accuracy": 0.1}, "vqa": {"accuracy": 0.6}}
+        >>> m = cell_metrics(ev, {"wall_s": 12.0, "steps": 100}); m["i2t R@1"], m["steps"], math.isnan(m["linear-probe acc"])
+        (0.5, 100.0, True)
+    """
+    out = {}
+    for table, src in ((EVAL_METRICS, evaluation), (COST_METRICS, train)):
+        for name, fn in table.items():
+            try:
+                out[name] = float(fn(src))
+            except (KeyError, TypeError):
+                out[name] = float("nan")
+    return out
+
+
+# ------------------------------------------------------------------ statistics (pure)
+
+
+def t_quantile_975(df: int) -> float:
+    """The two-sided 95% Student t quantile ``t_{0.975, df}`` (scipy when installed, else :data:`T975`).
+
+    Example:
+        >>> round(t_quantile_975(2), 3), round(t_quantile_975(9), 3)
+        (4.303, 2.262)
+    """
+    if df < 1:
+        raise ValueError(f"a t interval needs df >= 1 (at least 2 paired seeds), got df={df}")
+    try:
+        from scipy.stats import t
+
+        return float(t.ppf(0.975, df))
+    except ImportError:
+        if df > len(T975):
+            raise ValueError(f"without scipy the t table covers df <= {len(T975)}, got {df}") from None
+        return T975[df - 1]
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
+    """Mean, sample standard deviation (ddof 1; 0 for one value) and count; NaNs dropped.
+
+    Example:
+        >>> mean_std([1.0, 2.0, 3.0, float("nan")])
+        (2.0, 1.0, 3)
+    """
+    v = [float(x) for x in values if x == x]
+    if not v:
+        return float("nan"), float("nan"), 0
+    m = sum(v) / len(v)
+    s = math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else 0.0
+    return m, s, len(v)
+
+
+def paired_interval(diffs: Sequence[float]) -> dict[str, float]:
+    """Mean paired difference and its 95% t interval over seeds: ``d̄ ± t_{0.975, n-1} · s_d / √n``.
+
+    ``lo``/``hi`` are NaN for fewer than 2 differences. NaNs are dropped.
+
+    Example:
+        >>> r = paired_interval([1.0, 2.0, 3.0]); r["mean"], round(r["lo"], 3), round(r["hi"], 3), r["n"]
+        (2.0, -0.484, 4.484, 3)
+    """
+    m, s, n = mean_std(diffs)
+    if n < 2:
+        return {"mean": m, "lo": float("nan"), "hi": float("nan"), "n": n}
+    half = t_quantile_975(n - 1) * s / math.sqrt(n)
+    return {"mean": m, "lo": m - half, "hi": m + half, "n": n}
+
+
+def aggregate(cells: Sequence[Mapping[str, Any]], expected: Sequence[Cell] = (), baseline: str = BASELINE,
+              metrics: Sequence[str] = METRICS) -> dict[str, Any]:
+    """Mean ± std per (size, variant, metric) and the paired difference of every variant to ``baseline``.
+
+    ``cells``: ``{"size", "variant", "seed", "metrics": {name: value}}`` each. Pairs are formed over the
+    seeds both the variant and the baseline have at that size (NaN values left out). ``expected``: the
+    grid, to list the missing cells.
+
+    Returns ``{"summary": {size: {variant: {metric: {mean, std, n, values: {seed: v}}}}},
+    "paired": {size: {variant: {metric: {mean, lo, hi, n}}}}, "missing": [[size, variant, seed]], "complete"}``
+    (sizes and seeds as strings, as in the JSON).
+
+    Example:
+        >>> cs = [{"size": 10, "variant": v, "seed": s, "metrics": {"m": x}}
+        ...       for v, xs in (("clip", (1.0, 2.0)), ("b", (2.0, 4.0))) for s, x in enumerate(xs)]
+        >>> a = aggregate(cs, metrics=["m"]); a["summary"]["10"]["b"]["m"]["mean"], a["paired"]["10"]["b"]["m"]["mean"]
+        (3.0, 1.5)
+    """
+    by: dict[int, dict[str, dict[int, Mapping[str, float]]]] = {}
+    for c in cells:
+        by.setdefault(int(c["size"]), {}).setdefault(str(c["variant"]), {})[int(c["seed"])] = c["metrics"]
+    summary: dict[str, Any] = {}
+    paired: dict[str, Any] = {}
+    for size in sorted(by):
+        summary[str(size)], paired[str(size)] = {}, {}
+        base = by[size].get(baseline, {})
+        for variant, seeds in by[size].items():
+            row = {}
+            for name in metrics:
+                vals = {str(s): float(m.get(name, float("nan"))) for s, m in sorted(seeds.items())}
+                mean, std, n = mean_std(list(vals.values()))
+                row[name] = {"mean": mean, "std": std, "n": n, "values": vals}
+            summary[str(size)][variant] = row
+            if variant == baseline or not base:
+                continue
+            prow = {}
+            for name in metrics:
+                common = sorted(set(seeds) & set(base))
+                diffs = [float(seeds[s].get(name, float("nan"))) - float(base[s].get(name, float("nan")))
+                         for s in common]
+                prow[name] = paired_interval(diffs)
+            paired[str(size)][variant] = prow
+    have = {(int(c["size"]), str(c["variant"]), int(c["seed"])) for c in cells}
+    missing = [[c.size, c.variant, c.seed] for c in expected if (c.size, c.variant, c.seed) not in have]
+    return {"summary": summary, "paired": paired, "missing": missing, "complete": not missing}
+
+
+# ------------------------------------------------------------------ report
+
+
+def _fmt(x: float, digits: int = 3, sign: bool = False) -> str:
+    if x != x:
+        return "n/a"
+    if abs(x) >= 100:
+        return f"{x:+.0f}" if sign else f"{x:.0f}"
+    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
+
+
+def markdown_report(agg: Mapping[str, Any], header: str, n_expected: int | None = None,
+                    metrics: Sequence[str] = METRICS, baseline: str = BASELINE) -> str:
+    """The Markdown report: per size a mean ± std table and a table of paired differences to ``baseline``.
+
+    A cell of the first table reads ``mean ± std`` with ``(n/expected)`` when seeds are missing; a paired
+    difference reads ``+d [lo, hi]`` with ▲/▼ when the 95% interval excludes 0.
+
+    Example:
+        >>> cs = [{"size": 10, "variant": v, "seed": s, "metrics": {"m": x}}
+        ...       for v, xs in (("clip", (1.0, 2.0)), ("b", (2.0, 4.0))) for s, x in enumerate(xs)]
+        >>> text = markdown_report(aggregate(cs, metrics=["m"]), "demo", 3, metrics=["m"])
+        >>> "| b | 3.000 ± 1.414 (2/3) |" in text, "| b | +1.500 [-4.853, +7.853] |" in text
+        (True, True)
+    """
+    lines = [header, ""]
+    for size, rows in agg["summary"].items():
+        lines += [f"### {size} training pairs", "", "| variant | " + " | ".join(metrics) + " |",
+                  "|" + "---|" * (len(metrics) + 1)]
+        for variant, row in rows.items():
+            cells = []
+            for name in metrics:
+                r = row[name]
+                if r["n"] == 0:
+                    cells.append("")
+                    continue
+                digits = 0 if name in COST_METRICS else 3
+                text = f"{_fmt(r['mean'], digits)} ± {_fmt(r['std'], digits)}"
+                if n_expected is not None and r["n"] < n_expected:
+                    text += f" ({r['n']}/{n_expected})"
+                cells.append(text)
+            lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+        prows = agg["paired"].get(size, {})
+        if prows:
+            lines += ["", f"Paired difference to {baseline} over seeds, mean [95% t interval]:", "",
+                      "| variant | " + " | ".join(metrics) + " |", "|" + "---|" * (len(metrics) + 1)]
+            for variant, row in prows.items():
+                cells = []
+                for name in metrics:
+                    p = row[name]
+                    if p["n"] == 0:
+                        cells.append("")
+                        continue
+                    digits = 0 if name in COST_METRICS else 3
+                    mark = " ▲" if p["lo"] > 0 else " ▼" if p["hi"] < 0 else ""
+                    cells.append(f"{_fmt(p['mean'], digits, True)} [{_fmt(p['lo'], digits, True)}, "
+                                 f"{_fmt(p['hi'], digits, True)}]{mark}")
+                lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if agg["missing"]:
+        shown = ", ".join(f"{s}/{v}/seed{k}" for s, v, k in agg["missing"][:40])
+        more = f" and {len(agg['missing']) - 40} more" if len(agg["missing"]) > 40 else ""
+        lines += [f"**Incomplete**: {len(agg['missing'])} cells missing ({shown}{more}).", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def plot_by_size(agg: Mapping[str, Any], path: Path, title: str, metrics: Sequence[str] = METRICS) -> Path:
+    """One panel per metric against training-set size (log axis), one line per variant, ±std error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = [int(s) for s in agg["summary"]]
+    variants: list[str] = []
+    for rows in agg["summary"].values():
+        variants += [v for v in rows if v not in variants]
+    ncol = 3
+    nrow = math.ceil(len(metrics) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.2 * nrow), squeeze=False)
+    for ax, name in zip(axes.flat, metrics):
+        for k, v in enumerate(variants):
+            pts = [(s, agg["summary"][str(s)][v][name]) for s in sizes if v in agg["summary"][str(s)]]
+            pts = [(s, r) for s, r in pts if r["n"] > 0]
+            if not pts:
+                continue
+            style = "--" if v.startswith("no-") else ":" if v == FLOOR else "-"
+            ax.errorbar([s for s, _ in pts], [r["mean"] for _, r in pts], yerr=[r["std"] for _, r in pts],
+                        linestyle=style, marker="o", markersize=3, capsize=2, label=v, color=f"C{k % 10}")
+        ax.set_xscale("log")
+        ax.set_xticks(sizes, [str(s) for s in sizes])
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("training pairs", fontsize=8)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower right", fontsize=7, ncol=2)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------ running cells
+
+
+def run_cell(cfg: AblationConfig, cell: Cell, run: Path, *, budget_s: float | None, floor: bool) -> dict[str, Any]:
+    """Train (unless ``run`` is trained) and evaluate one cell; ``{"metrics", "train", "vqa_floor"?, "command"}``.
+
+    A run folder without ``metrics.json`` (a killed training) is removed and trained from step 0.
+    ``floor`` also fine-tunes the VQA head on a freshly initialised model (``vqa_floor``).
+    """
+    command = train_command(cfg, cell, run, budget_s)
+    if not (run / "metrics.json").is_file():
+        if run.exists():
+            print(f"[ablation] {run} has no metrics.json (killed?): training it again from step 0", flush=True)
+            shutil.rmtree(run)
+        subprocess.run(command, check=True)
+    train = load_json(run / "metrics.json")["train"]
+    model, tokenize, rcfg = load_run(run, device=resolve_device("auto"))
+    ecfg = dataclasses.replace(cfg.eval, seed=cell.seed, vqa_floor=floor and "vqa" in cfg.eval.tasks)
+    evaluation = evaluate_run_folder(model, tokenize, rcfg, ecfg, progress=cfg.progress)
+    out: dict[str, Any] = {"metrics": cell_metrics(evaluation, train), "train": train, "command": command,
+                           "evaluation": {k: evaluation.get(k) for k in ("retrieval", "zero_shot", "linear_probe", "vqa")}}
+    if "vqa_floor" in evaluation:
+        out["vqa_floor"] = evaluation["vqa_floor"]
+    if not cfg.keep_optimizer_state:  # the weights stay (reevaluate works); the optimizer state is not needed again
+        for state in (run / "checkpoints").glob("step_*/state.pt"):
+            state.unlink()
+    return out
+
+
+def load_cells(cfg: AblationConfig, cells: Sequence[Cell], current: Mapping[str, Any]
+               ) -> tuple[dict[Cell, dict[str, Any]], dict[Cell, dict[str, tuple[Any, Any]]]]:
+    """The stored cells among ``cells`` made under ``current`` settings, and the others with what differs."""
+    done, stale = {}, {}
+    for c in cells:
+        p = cell_path(cfg.cells_dir, c)
+        if p.is_file():
+            saved = load_json(p)
+            diff = settings_mismatch(saved.get("settings", {}), current)
+            (stale if diff else done)[c] = diff if diff else saved
+    return done, stale
+
+
+def estimate_seconds(todo: Sequence[Cell], done: Mapping[Cell, Mapping[str, Any]], guess: float) -> tuple[float, str]:
+    """Estimated seconds for ``todo``: each variant's measured mean cell time where finished cells exist, else ``guess``.
+
+    clip-walltime is estimated from the full objective (the same training time).
+
+    Example:
+        >>> done = {Cell(1, "clip", 0): {"cell_s": 100.0}, Cell(1, "clip", 1): {"cell_s": 120.0}}
+        >>> estimate_seconds([Cell(2, "clip", 0), Cell(2, "uni-mlip", 0)], done, 300.0)
+        (410.0, 'measured for clip; guessed 300 s for uni-mlip')
+    """
+    measured: dict[str, list[float]] = {}
+    for c, rec in done.items():
+        if "cell_s" in rec:
+            measured.setdefault(c.variant, []).append(float(rec["cell_s"]))
+    mean = {v: sum(x) / len(x) for v, x in measured.items()}
+    if WALLTIME not in mean and FULL in mean:
+        mean[WALLTIME] = mean[FULL]
+    total, guessed, used = 0.0, [], []
+    for c in todo:
+        if c.variant in mean:
+            total += mean[c.variant]
+            used += [c.variant] if c.variant not in used else []
+        else:
+            total += guess
+            guessed += [c.variant] if c.variant not in guessed else []
+    parts = ([f"measured for {', '.join(used)}"] if used else []) + (
+        [f"guessed {guess:.0f} s for {', '.join(guessed)}"] if guessed else [])
+    return total, "; ".join(parts) or "nothing to run"
+
+
+def write_report(cfg: AblationConfig, expected: Sequence[Cell], current: Mapping[str, Any], command: str
+                 ) -> dict[str, Any] | None:
+    """Aggregate the finished cells of ``expected`` into ``results_dir``/ablation.{json,md,png}; None if there are none."""
+    done, stale = load_cells(cfg, expected, current)
+    floors = {}
+    for size, seed in sorted({(c.size, c.seed) for c in expected}):
+        p = cell_path(cfg.cells_dir, Cell(size, FLOOR, seed))
+        if p.is_file() and not settings_mismatch(load_json(p).get("settings", {}), current):
+            floors[(size, seed)] = load_json(p)
+    if not done:
+        print(f"[ablation] no finished cells under {cfg.cells_dir} for these settings: no report written", flush=True)
+        return None
+    records = [{"size": c.size, "variant": c.variant, "seed": c.seed, "metrics": r["metrics"]} for c, r in done.items()]
+    records += [{"size": s, "variant": FLOOR, "seed": k, "metrics": r["metrics"]} for (s, k), r in floors.items()]
+    agg = aggregate(records, expected)
+    commits = sorted({str(r.get("meta", {}).get("commit")) for r in [*done.values(), *floors.values()]})
+    meta = run_metadata()
+    steps = current["max_steps"]
+    ev = cfg.eval
+    header = (f"**Uni-Mlip ablation** on the synthetic benchmark: sizes {sorted({c.size for c in expected})} (the first N "
+              f"of one {cfg.pool_size}-pair pool; one fixed test split), seeds {sorted({c.seed for c in expected})}, "
+              f"{steps} training steps per cell (clip-walltime: the full objective's training time of the same size "
+              f"and seed), training config `{_rel(training_config_path(cfg))}`"
+              + (f" + {cfg.train_set}" if cfg.train_set else "") +
+              f". R@1 over the test gallery (chance 1/gallery); meaning = any caption of the same meaning counts; "
+              f"zero-shot / linear probe over the 17 finding classes (chance 0.059; probe on {ev.probe_train_limit} "
+              f"images); VQA after {ev.vqa_max_steps} fine-tuning steps on {ev.vqa_train_limit} questions, tested on "
+              f"{ev.vqa_test_limit}; {FLOOR} = the same head on an untrained model. Mean ± std over seeds. "
+              f"{READING_RULE}\n\nCommand: `{command}`. Report at commit {meta.get('commit')}; cells from commit(s) "
+              f"{', '.join(commits)}. {len(done)} of {len(expected)} cells finished."
+              + (f" {cfg.note}" if cfg.note else ""))
+    text = markdown_report(agg, header, n_expected=len({c.seed for c in expected}))
+    if stale:
+        text += (f"\n{len(stale)} stored cells were made under other settings and are left out, e.g. "
+                 f"{cell_path(cfg.cells_dir, next(iter(stale)))}: {next(iter(stale.values()))}\n")
+    payload = {"aggregate": agg, "command": command, "commit": meta.get("commit"), "cell_commits": commits,
+               "settings": current, "variants": {v: list(ALL_VARIANTS[v]) for v in {c.variant for c in expected}},
+               "cells": {f"{c.size}/{c.variant}/seed{c.seed}": {"metrics": r["metrics"], "cell_s": r.get("cell_s"),
+                                                               "budget_s": r.get("budget_s")} for c, r in done.items()},
+               "stale_cells": [str(cell_path(cfg.cells_dir, c)) for c in stale], "meta": meta}
+    out = Path(cfg.results_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "ablation.md", text)
+    save_json(out / "ablation.json", payload)
+    plot_by_size(agg, out / "ablation.png", f"Uni-Mlip ablation, synthetic benchmark, {steps} steps, mean ± std over seeds")
+    print(text, flush=True)
+    return payload
+
+
+def _rel(p: Path) -> str:
+    try:
+        return str(Path(p).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(p)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    argv = list(sys.argv[1:] if argv is None else argv)
     p = parse_recipe_args("ablation", argv, description=__doc__.split("\n\n")[0])
     cfg = load_config(AblationConfig, p.config, p.overrides)
-    if cfg.max_steps is None:
-        cfg.max_steps = 200 if cfg.scale == "shortened" else 500
-    out_dir = Path(cfg.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results: dict[str, dict[int, dict[str, Any]]] = {}
-    timings: dict[str, float] = {}
-    t_all = time.time()
-    for variant in cfg.variants:
-        results[variant] = {}
-        for seed in cfg.seeds:
-            run = out_dir / f"{variant.strip('+')}_seed{seed}"
-            done = run / "eval.json"
-            if done.is_file() and not cfg.reevaluate:  # reuse a finished (variant, seed)
-                results[variant][seed] = load_json(done)
-                print(f"[ablation] reuse {run}", flush=True)
-                continue
-            t0 = time.time()
-            if (run / "metrics.json").is_file():  # trained already: evaluate only
-                print(f"[ablation] evaluate {variant} seed {seed} ({run} is trained)", flush=True)
-            else:
-                print(f"[ablation] train {variant} seed {seed} -> {run}", flush=True)
-                subprocess.run(train_command(cfg, variant, seed, run), check=True)
-            model, tokenize, rcfg = load_run(run, device=resolve_device("auto"))
-            ecfg = EvalConfig(**{**cfg.eval.__dict__, "seed": seed})
-            metrics = evaluate_run_folder(model, tokenize, rcfg, ecfg, progress=cfg.progress)
-            metrics.update(config=dict(ecfg.__dict__), run_dir=str(run), meta=run_metadata())
-            save_json(done, metrics)
-            results[variant][seed] = metrics
-            timings[f"{variant}/{seed}"] = time.time() - t0
+    command = "python recipes/ablation.py " + " ".join(shlex.quote(a) for a in argv)
+    expected = grid(cfg)
+    current = settings(cfg)
+    if cfg.report:
+        return write_report(cfg, expected, current, command)
 
-    summary = summarize(results)
-    n_seeds = {v: len(r) for v, r in results.items()}
-    vqa_steps = cfg.eval.vqa_max_steps if cfg.eval.vqa_max_steps is not None else "?"
-    cfg_line = (f"Synthetic benchmark, {cfg.max_steps} training steps per run, seeds {cfg.seeds}; "
-                f"retrieval R@1 = mean of i2t and t2i (chance 1/gallery); zero-shot / linear probe over the 17 finding "
-                f"classes (chance 0.059); VQA accuracy after {vqa_steps} fine-tuning steps. "
-                + (SHORTENED.format(steps=cfg.max_steps, vqa=vqa_steps) if cfg.scale == "shortened"
-                   else RECIPE_SCALE.format(steps=cfg.max_steps, vqa=vqa_steps)))
-    if cfg.train_set or cfg.recipe_config:
-        cfg_line += f" Training config {cfg.recipe_config or SCALES[cfg.scale].name}, extra overrides {cfg.train_set}."
-    if cfg.note:
-        cfg_line += f" {cfg.note}"
-    header = f"**Uni-Mlip ablation** (mean ± std over seeds). {cfg_line}"
-    table = markdown_table(summary, header, n_seeds)
-    payload = {"summary": {v: {k: list(ms) for k, ms in row.items()} for v, row in summary.items()},
-               "runs": {v: {str(s): {k: m.get(k) for k in ("retrieval", "zero_shot", "linear_probe", "vqa")}
-                            for s, m in r.items()} for v, r in results.items()},
-               "variants": {v: list(VARIANTS[v]) for v in cfg.variants}, "seeds": cfg.seeds,
-               "max_steps": cfg.max_steps, "scale": cfg.scale,
-               "train_config": cfg.recipe_config or str(SCALES[cfg.scale].relative_to(RECIPES.parent)),
-               "train_overrides": cfg.train_set, "eval_config": dict(cfg.eval.__dict__), "seconds_per_run": timings,
-               "total_seconds": time.time() - t_all, "meta": run_metadata()}
-    for folder in {out_dir, Path(cfg.results_dir)}:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "ablation.md").write_text(table + "\n", encoding="utf-8")
-        save_json(folder / "ablation.json", payload)
-        bar_chart(summary, folder / "ablation.png", f"Uni-Mlip ablation, synthetic benchmark, {cfg.max_steps} steps")
-    print(table, flush=True)
+    chosen = select(expected, cfg.only_size, cfg.only_variant)
+    done, stale = load_cells(cfg, expected, current)
+    if stale and not cfg.plan:
+        c, diff = next(iter(stale.items()))
+        raise ValueError(f"{len(stale)} stored cells were made under other settings, e.g. {cell_path(cfg.cells_dir, c)}: "
+                         f"{'; '.join(f'{k}: {a!r} stored, {b!r} now' for k, (a, b) in diff.items())}; use another "
+                         f"--cells-dir or delete them")
+    todo = [c for c in chosen if cfg.reevaluate or c not in done]
+    if cfg.max_cells is not None:
+        todo = todo[:cfg.max_cells]
+    seconds, basis = estimate_seconds(todo, done, cfg.guess_seconds_per_cell)
+    print(f"[ablation] grid {len(expected)} cells ({len(done)} finished); this call: {len(todo)} of {len(chosen)} "
+          f"selected, estimated {seconds / 3600:.1f} h ({basis}); steps {current['max_steps']}, "
+          f"training config {_rel(training_config_path(cfg))}", flush=True)
+    if cfg.plan:
+        for c in todo:
+            print(f"  {c.size:>5} {c.variant:<16} seed {c.seed}", flush=True)
+        return None
+    out_dir, t_all, ran = Path(cfg.output_dir), time.time(), 0
+    for c in todo:
+        budget = None
+        if c.variant == WALLTIME:
+            full = cell_path(cfg.cells_dir, Cell(c.size, FULL, c.seed))
+            if not full.is_file():
+                print(f"[ablation] skip {c}: it needs the finished {FULL} cell of size {c.size}, seed {c.seed}", flush=True)
+                continue
+            budget = float(load_json(full)["metrics"]["train s"])
+        floor_path = cell_path(cfg.cells_dir, Cell(c.size, FLOOR, c.seed))
+        floor = not floor_path.is_file()
+        run = out_dir / str(c.size) / c.variant / f"seed{c.seed}"
+        print(f"[ablation] cell {ran + 1}/{len(todo)}: size {c.size}, {c.variant}, seed {c.seed} -> {run}"
+              + (f" (budget {budget:.0f} s)" if budget else ""), flush=True)
+        t0 = time.time()
+        result = run_cell(cfg, c, run, budget_s=budget, floor=floor)
+        meta = run_metadata()
+        record = {"size": c.size, "variant": c.variant, "seed": c.seed, "terms": list(ALL_VARIANTS[c.variant]),
+                  "settings": current, "cell_s": time.time() - t0, "budget_s": budget, "run_dir": str(run),
+                  "meta": meta, **result}
+        if budget is not None:
+            record["budget_binding"] = record["metrics"]["steps"] < resolved_steps(cfg)[0] * cfg.walltime_step_factor
+        floor_result = record.pop("vqa_floor", None)
+        save_json(cell_path(cfg.cells_dir, c), record)
+        if floor and floor_result is not None:
+            save_json(floor_path, {"size": c.size, "variant": FLOOR, "seed": c.seed, "settings": current,
+                                   "metrics": {"VQA acc": float(floor_result.get("accuracy", float("nan")))},
+                                   "vqa": floor_result, "from_cell": str(cell_path(cfg.cells_dir, c)), "meta": meta})
+        ran += 1
+        done[c] = record
+    print(f"[ablation] ran {ran} cells in {(time.time() - t_all) / 60:.1f} min", flush=True)
+    payload = write_report(cfg, expected, current, command)
+    if payload is not None:
+        payload["cells_run"] = ran
     return payload
 
 

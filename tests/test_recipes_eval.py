@@ -105,18 +105,31 @@ def test_finetune_vqa_writes_model_and_metrics(tiny_run, tmp_path):
 
 
 def test_ablation_writes_table_and_chart(tiny_run, tmp_path):
+    """Two real tiny cells (1 step each): trained, evaluated, stored; a rerun trains and evaluates nothing."""
     run, _ = tiny_run
     cache = run.parent / "cache"
-    argv = ["--variants", "clip", "+fused", "--seeds", "0", "--max-steps", "1", "--output-dir", str(tmp_path / "abl"),
+    argv = [f"recipe_config={ROOT / 'recipes' / 'configs' / 'tiny.yaml'}", "pool_size=48", "leave_one_out=false",
+            "--variants", "clip", "+fused", "--sizes", "16", "--seeds", "0", "--max-steps", "1",
+            "--output-dir", str(tmp_path / "abl"), "--cells-dir", str(tmp_path / "cells"),
             "--results-dir", str(tmp_path / "res"), "--no-progress", "--note", "TEST RUN",
-            f"recipe_config={ROOT / 'recipes' / 'configs' / 'tiny.yaml'}", "--train-set", f"data.cache_dir={cache}"]
+            "--train-set", f"data.cache_dir={cache}"]
     for kv in ("vqa_max_steps=1", "prompts_per_scene=1", "batch_size=16", "vqa_batch_size=16"):
         argv += ["--eval-set", kv]
     out = _recipe("ablation").main(argv)
     table = (tmp_path / "res" / "ablation.md").read_text()
-    assert "TEST RUN" in table and "| clip | itc | 1 |" in table and "| +fused | itc, itm, mlm | 1 |" in table
+    assert "TEST RUN" in table and "### 16 training pairs" in table and "| +fused | " in table
     assert (tmp_path / "res" / "ablation.png").stat().st_size > 1000
-    assert set(out["summary"]) == {"clip", "+fused"}
-    # a second call reuses the finished runs instead of training again
+    assert set(out["aggregate"]["summary"]["16"]) == {"clip", "+fused", "no-pretraining"} and out["cells_run"] == 2
+    cell = json.loads((tmp_path / "cells" / "16" / "clip" / "seed0.json").read_text())
+    assert cell["train"]["steps"] == 1 and cell["metrics"]["steps"] == 1.0 and cell["train"]["terms"] == ["itc"]
+    for name in ("i2t R@1", "t2i R@1", "i2t R@1 meaning", "t2i R@1 meaning", "zero-shot acc", "linear-probe acc",
+                 "VQA acc"):
+        assert 0.0 <= cell["metrics"][name] <= 1.0, name
+    assert cell["metrics"]["i2t R@1"] == cell["evaluation"]["retrieval"]["i2t"]["R@1"]
+    trained = json.loads((tmp_path / "abl" / "16" / "clip" / "seed0" / "metrics.json").read_text())
+    assert trained["data"]["train_pairs_available"] == 16  # the first 16 pairs of the 48-pair pool
+    assert not list((tmp_path / "abl").rglob("state.pt"))  # optimizer state dropped once the cell is stored
+    # a second call reuses the finished cells instead of training again
     again = _recipe("ablation").main(argv)
-    assert again["seconds_per_run"] == {} and again["summary"] == out["summary"]
+    assert again["cells_run"] == 0
+    assert json.dumps(again["aggregate"], sort_keys=True) == json.dumps(out["aggregate"], sort_keys=True)
