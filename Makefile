@@ -15,6 +15,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[dev,train]"
+	# peers that tests compare against (open_clip's losses, MONAI's image loader); without their dependencies,
+	# which would pull torchvision or another torch build. Tests skip cleanly where they are absent.
+	$(PY) -m pip install -q --no-deps open_clip_torch monai
 	touch $@
 
 run: setup
