@@ -147,43 +147,7 @@ def _restore_buffers(saved: list[tuple[nn.Module, dict[str, torch.Tensor]]]) -> 
 def _tower_outputs(model: nn.Module, batch: Mapping[str, torch.Tensor], terms: set[str],
                    generator: torch.Generator | None):
     """The contrastive outputs of ``UniMlipModel.forward`` in its order of random draws, plus view-1 states."""
-    images, ids = batch["images"], batch["input_ids"]
-    mask = batch.get("attention_mask")
-    out: dict[str, torch.Tensor] = {}
-    img_tokens = txt_hidden = None
-    if terms & {"itc", "image_ssl", "itm", "mlm"}:
-        img_tokens = model.image_tokens(images)
-        if terms & {"itc", "itm"}:
-            out["image_emb"] = model.image_proj(model.pool_image(img_tokens))
-        if "image_ssl" in terms:
-            out["image_z1"] = model.image_ssl_proj(model.pool_image(img_tokens))
-    if terms & {"itc", "text_ssl", "itm"}:
-        txt_hidden = model.text_hidden(ids, mask)
-        pooled = model.pool_text(txt_hidden, mask)
-        if terms & {"itc", "itm"}:
-            out["text_emb"] = model.text_proj(pooled)
-        if "text_ssl" in terms:
-            out["text_h1"] = pooled
-    if terms & {"itc_feature", "image_ssl"}:
-        view2 = batch.get("images_view2", images)
-        keep = (model.random_keep_index(view2.shape[0], model._num_patches(), view2.device, generator)
-                if model.config.image_keep_ratio < 1 else None)
-        pooled2 = model.pool_image(model.image_tokens(view2, keep))
-        if "itc_feature" in terms:
-            out["image_emb_feat"] = model.image_proj(pooled2)
-        if "image_ssl" in terms:
-            out["image_z2"] = model.image_ssl_proj(pooled2)
-            if model.image_ssl_pred is not None:
-                out["image_p1"] = model.image_ssl_pred(out["image_z1"])
-                out["image_p2"] = model.image_ssl_pred(out["image_z2"])
-    if terms & {"itc_feature", "text_ssl"}:
-        mask2 = batch.get("attention_mask_aug", mask)
-        pooled2 = model.pool_text(model.text_hidden(batch.get("input_ids_aug", ids), mask2), mask2)
-        if "itc_feature" in terms:
-            out["text_emb_feat"] = model.text_proj(pooled2)
-        if "text_ssl" in terms:
-            out["text_h2"] = pooled2
-    return out, img_tokens, txt_hidden
+    return model.tower_outputs(batch, terms, generator=generator)
 
 
 def _pad_cols(x: torch.Tensor, length: int, value: float | int = 0) -> torch.Tensor:

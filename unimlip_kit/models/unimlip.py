@@ -259,27 +259,33 @@ class UniMlipModel(nn.Module, UniMlipHubMixin):
         return self.text_proj(self.pool_text(self.text_hidden(input_ids, attention_mask), attention_mask))
 
     # ------------------------------------------------------------------ training
-    def forward(
+    def tower_outputs(
         self,
         batch: Mapping[str, torch.Tensor],
         terms: Iterable[str] = TERMS,
         *,
         generator: torch.Generator | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """The outputs the enabled ``terms`` need (table in the module docstring); nothing else is computed."""
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
+        """The towers' passes of :meth:`forward`: ``(outputs, view-1 image tokens, caption states)``.
+
+        ``outputs`` holds every embedding the contrastive terms read (``image_emb``, ``text_emb``,
+        ``image_emb_feat``, ``text_emb_feat``, ``image_z1/z2`` (+ ``image_p1/p2``), ``text_h1/h2``), drawn
+        in :meth:`forward`'s order of random draws, so gradient caching
+        (:func:`unimlip_kit.gradcache.grad_cache_step`) can replay exactly these passes. The tokens and
+        states are ``None`` when no enabled term needs them.
+
+        Example:
+            >>> m = UniMlipModel(UniMlipModelConfig(vision_layers=1, text_layers=1, vision_width=32, text_width=32,
+            ...                                     vision_heads=2, text_heads=2, fusion_heads=2, vocab_size=40))
+            >>> b = {"images": torch.rand(2, 1, 64, 64), "input_ids": torch.randint(0, 40, (2, 5))}
+            >>> out, tokens, hidden = m.tower_outputs(b, ("itc",))
+            >>> sorted(out), tokens.shape, hidden.shape
+            (['image_emb', 'text_emb'], torch.Size([2, 65, 32]), torch.Size([2, 5, 32]))
+        """
         terms = set(terms)
-        unknown = terms - set(TERMS)
-        if unknown:
-            raise ValueError(f"unknown loss terms {sorted(unknown)}; known: {list(TERMS)}")
-        for key in ("images", "input_ids"):
-            if key not in batch:
-                raise ValueError(f"batch lacks {key!r}; it has {sorted(batch)}")
         images, ids = batch["images"], batch["input_ids"]
         mask = batch.get("attention_mask")
         out: dict[str, torch.Tensor] = {}
-        if terms & {"itc", "itc_feature", "itm"}:
-            out["logit_scale"] = self.logit_scale()
-
         img_tokens = txt_hidden = None
         if terms & {"itc", "image_ssl", "itm", "mlm"}:
             img_tokens = self.image_tokens(images)
@@ -314,6 +320,32 @@ class UniMlipModel(nn.Module, UniMlipHubMixin):
                 out["text_emb_feat"] = self.text_proj(cls2)
             if "text_ssl" in terms:
                 out["text_h2"] = cls2
+
+        return out, img_tokens, txt_hidden
+
+    def forward(
+        self,
+        batch: Mapping[str, torch.Tensor],
+        terms: Iterable[str] = TERMS,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The outputs the enabled ``terms`` need (table in the module docstring); nothing else is computed."""
+        terms = set(terms)
+        unknown = terms - set(TERMS)
+        if unknown:
+            raise ValueError(f"unknown loss terms {sorted(unknown)}; known: {list(TERMS)}")
+        for key in ("images", "input_ids"):
+            if key not in batch:
+                raise ValueError(f"batch lacks {key!r}; it has {sorted(batch)}")
+        ids = batch["input_ids"]
+        mask = batch.get("attention_mask")
+        out: dict[str, torch.Tensor] = {}
+        if terms & {"itc", "itc_feature", "itm"}:
+            out["logit_scale"] = self.logit_scale()
+
+        tower_out, img_tokens, txt_hidden = self.tower_outputs(batch, terms, generator=generator)
+        out.update(tower_out)
 
         if "itm" in terms:
             t4i, i4t = sample_hard_negatives(
