@@ -10,7 +10,8 @@ __all__ = ["UniMlipModelConfig"]
 
 @dataclass
 class UniMlipModelConfig:
-    """Sizes of the towers and heads; defaults are the tiny CPU model of the default run.
+    """Sizes of the towers and heads; the defaults build a tiny ViT + BERT model (the recipe's default run
+    overrides ``image_tower="resnet"`` and ``image_pool="attn"``, chosen by measurement: docs/ARCHITECTURE.md).
 
     Attributes:
         image_model: Hugging Face hub id or local folder of a pretrained vision model
