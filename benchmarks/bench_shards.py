@@ -19,15 +19,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, print_table  # noqa: E402
+from common import RESULTS, print_table  # the script's folder is on sys.path
 
 from unimlip_kit.data import (ImageTextDataset, SyntheticConfig, build_dataloader, build_synthetic_dataset,  # noqa: E402
                               open_shards, read_roco, write_shards)

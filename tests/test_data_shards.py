@@ -21,7 +21,7 @@ import torch
 
 pytest.importorskip("webdataset")
 
-from unimlip_kit.data import (ImageTextDataset, ImageTextRecord, SkipCounter, SyntheticConfig, build_dataloader,  # noqa: E402
+from unimlip_kit.data import (ImageTextDataset, ImageTextRecord, SkipCounter, StepStream, SyntheticConfig, build_dataloader,  # noqa: E402
                               build_synthetic_dataset, is_shard_source, list_shards, open_shards, read_roco,
                               read_shard_metadata, write_shards)
 from unimlip_kit.data import __main__ as data_cli  # noqa: E402
@@ -74,27 +74,8 @@ def _assert_same_batch(a: dict, b: dict) -> None:
     assert torch.equal(a["labels"], b["labels"]) and torch.equal(a["group_ids"], b["group_ids"])
 
 
-class _Stream:
-    """The recipe's StepStream contract: sampler.set_epoch(epoch, start=batches done * batch_size), then iterate."""
-
-    def __init__(self, loader, epoch: int = 0, batches_done: int = 0) -> None:
-        self.loader, self.epoch, self.done, self._it = loader, epoch, batches_done, None
-
-    def next(self) -> dict:
-        while True:
-            if self._it is None:
-                self.loader.sampler.set_epoch(self.epoch, start=self.done * self.loader.batch_size)
-                self._it = iter(self.loader)
-            try:
-                batch = next(self._it)
-            except StopIteration:
-                self.epoch, self.done, self._it = self.epoch + 1, 0, None
-                continue
-            self.done += 1
-            return batch
-
-    def position(self) -> dict:
-        return {"epoch": self.epoch, "batches_done": self.done}
+# The recipe's stream (sampler.set_epoch(epoch, start=batches done * batch_size), then iterate) over shards.
+_Stream = StepStream
 
 
 def _stream(loader, epoch: int, done: int, n: int) -> list[dict]:

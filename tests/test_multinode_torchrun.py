@@ -80,11 +80,7 @@ def test_two_nodes_equal_one_process(tmp_path):
         assert i["losses"] == pytest.approx(ref_losses, rel=1e-5)
     # and training moved the weights (the comparison is not between untouched initialisations)
     torch.manual_seed(0)
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        from ddp_tiny_train import TinyTwoTower
-    finally:
-        sys.path.pop(0)
+    from ddp_tiny_train import TinyTwoTower  # tests/ is on sys.path (pytest's prepend import mode)
     init = TinyTwoTower().state_dict()
     assert all((ref[k] - init[k]).abs().max() > 1e-3 for k in ref)
 

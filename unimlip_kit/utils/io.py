@@ -7,18 +7,15 @@ killed mid-write never leaves a truncated checkpoint, JSON or chart.
 from __future__ import annotations
 
 import datetime as _dt
-import importlib.util
 import json
 import os
 import platform
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-# git_commit (a helper of run_metadata) and load_script (recipes importing each other by path, on its way out)
+# git_commit (a helper of run_metadata)
 # stay importable from this module but are not public API.
 __all__ = ["atomic_write", "load_json", "run_metadata", "save_json"]
 
@@ -71,36 +68,6 @@ def load_json(path: str | os.PathLike) -> Any:
     """
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)
-
-
-def load_script(path: str | os.PathLike, name: str | None = None) -> ModuleType:
-    r"""Import a Python file that is not on ``sys.path`` (a recipe script) as a module.
-
-    The module is registered in ``sys.modules`` under ``name`` (default ``"_script_<stem>"``)
-    before it executes, because dataclasses look their defining module up while the
-    class body runs. Loading the same file again executes it afresh.
-
-    Example:
-        >>> import tempfile
-        >>> with tempfile.TemporaryDirectory() as d:
-        ...     script = Path(d) / "tiny_recipe.py"
-        ...     _ = script.write_text("from dataclasses import dataclass\n@dataclass\nclass Cfg:\n    steps: int = 3\n")
-        ...     load_script(script).Cfg().steps
-        3
-        >>> load_script("/no/such/recipe.py")
-        Traceback (most recent call last):
-        ...
-        FileNotFoundError: no script at /no/such/recipe.py
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no script at {path}")
-    spec = importlib.util.spec_from_file_location(name or f"_script_{path.stem}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _default(o: Any) -> Any:
