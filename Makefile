@@ -10,13 +10,13 @@ TORCH_SPEC ?= torch==2.13.0
 
 setup: $(VENV)/.installed
 
+# The last install: peers that tests compare against (open_clip's losses, MONAI's image loader), without their
+# dependencies, which would pull torchvision or another torch build; tests skip cleanly where they are absent.
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[dev,train]"
-	# peers that tests compare against (open_clip's losses, MONAI's image loader); without their dependencies,
-	# which would pull torchvision or another torch build. Tests skip cleanly where they are absent.
 	$(PY) -m pip install -q --no-deps open_clip_torch monai
 	touch $@
 
