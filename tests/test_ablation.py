@@ -163,6 +163,84 @@ def test_a_rerun_skips_finished_cells_and_max_cells_bounds_a_sitting(tmp_path, m
     assert ablation.main(base + ["--max-steps", "8", "--report"]) is None
 
 
+class _FakeLane:
+    """A lane process that finishes on its ``delay``-th poll by running the lane's command in-process."""
+
+    def __init__(self, cmd, log, state, delay, fail):
+        self.cmd, self.log, self.state, self.delay, self.fail, self.polls = cmd, log, state, delay, fail, 0
+        state["running"] += 1
+        state["max_running"] = max(state["max_running"], state["running"])
+        state["started"].append(cmd)
+
+    def poll(self):
+        self.polls += 1
+        if self.polls < self.delay:
+            return None
+        self.state["running"] -= 1
+        if self.fail:
+            return 3
+        ablation.main(self.cmd[2:])  # the lane's own arguments through the real parser and the serial path
+        return 0
+
+
+def test_lanes_store_the_same_cells_as_one_process_and_respect_the_order(tmp_path, monkeypatch):
+    calls: list = []
+    monkeypatch.setattr(ablation, "run_cell", _fake_runner(calls))
+    monkeypatch.setattr(ablation.time, "sleep", lambda s: None)
+    common = ["loo_sizes=[20]", "pool_size=20", "--sizes", "10", "20", "--seeds", "0", "1", "--max-steps", "7",
+              "--no-progress", "--only-variant", FULL, BASELINE, WALLTIME, "+fused"]
+
+    def dirs(name):
+        return ["--cells-dir", str(tmp_path / name / "cells"), "--results-dir", str(tmp_path / name / "res"),
+                "--output-dir", str(tmp_path / name / "runs")]
+
+    serial = ablation.main(common + dirs("serial"))
+    serial_calls = list(calls)
+    calls.clear()
+    state = {"running": 0, "max_running": 0, "started": []}
+    argv = common + dirs("lanes") + ["--lanes", "3"]
+    launch = lambda cmd, env, log: _FakeLane(cmd, log, state, delay=2, fail=False)  # noqa: E731
+    cfg = ablation.load_config(AblationConfig, None, ablation.parse_recipe_args("ablation", argv).overrides)
+    todo = ablation.select(ablation.grid(cfg), cfg.only_size, cfg.only_variant)
+    ran, failed = ablation.run_in_lanes(cfg, argv, todo, launch=launch)
+    assert (ran, failed) == (len(serial_calls), []) == (16, [])
+    assert state["max_running"] == 3
+    # the same cells, budgets and floors as one process (only the order of starting differs)
+    assert sorted(calls) == sorted(serial_calls)
+    for c, _, _ in serial_calls:
+        a = json.loads(ablation.cell_path(tmp_path / "serial" / "cells", c).read_text())
+        b = json.loads(ablation.cell_path(tmp_path / "lanes" / "cells", c).read_text())
+        assert (a["metrics"], a["budget_s"], a["settings"]) == (b["metrics"], b["budget_s"], b["settings"])
+    # clip-walltime started only after its full-objective cell was stored (its budget is that cell's time)
+    order = [(c.size, c.variant, c.seed) for c, _, _ in calls]
+    for size, seed in [(10, 0), (10, 1), (20, 0), (20, 1)]:
+        assert order.index((size, FULL, seed)) < order.index((size, WALLTIME, seed))
+    assert sum(f for _, _, f in calls) == 4  # one VQA floor per (size, seed)
+    assert all("--lane-child" in cmd and cmd.count("--max-cells") == 1 for cmd in state["started"])
+    report = ablation.main(common + dirs("lanes") + ["--report"])
+    assert json.dumps(report["aggregate"]["summary"], sort_keys=True) == json.dumps(serial["aggregate"]["summary"],
+                                                                                   sort_keys=True)
+
+
+def test_a_failed_lane_is_named_and_the_other_cells_are_stored(tmp_path, monkeypatch, capsys):
+    calls: list = []
+    monkeypatch.setattr(ablation, "run_cell", _fake_runner(calls))
+    monkeypatch.setattr(ablation.time, "sleep", lambda s: None)
+    argv = ["pool_size=20", "leave_one_out=false", "--sizes", "10", "--seeds", "0", "--max-steps", "7", "--no-progress", "--only-variant",
+            FULL, BASELINE, WALLTIME, "--cells-dir", str(tmp_path / "cells"), "--output-dir", str(tmp_path / "runs"),
+            "--lanes", "2"]
+    state = {"running": 0, "max_running": 0, "started": []}
+    launch = lambda cmd, env, log: _FakeLane(cmd, log, state, 1, fail="--only-variant" in cmd and  # noqa: E731
+                                             cmd[cmd.index("--only-variant", len(argv)) + 1] == FULL)
+    cfg = ablation.load_config(AblationConfig, None, ablation.parse_recipe_args("ablation", argv).overrides)
+    ran, failed = ablation.run_in_lanes(cfg, argv, ablation.select(ablation.grid(cfg), [], cfg.only_variant),
+                                        launch=launch)
+    out = capsys.readouterr().out
+    assert ran == 1 and failed == [str(tmp_path / "runs" / "logs" / f"10_{FULL}_seed0.log")]
+    assert f"FAILED 10 {FULL} seed 0" in out and f"skip Cell(size=10, variant='{WALLTIME}'" in out
+    assert [c.variant for c, _, _ in calls] == [BASELINE]
+
+
 def test_plan_prints_the_estimate_and_runs_nothing(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(ablation, "run_cell", lambda *a, **k: pytest.fail("--plan must not run a cell"))
     assert ablation.main(["--plan", "--cells-dir", str(tmp_path / "cells"), "guess_seconds_per_cell=100"]) is None

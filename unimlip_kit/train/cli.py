@@ -130,6 +130,8 @@ FLAGS: dict[str, tuple[Flag, ...]] = {
         Flag("--eval-set", "eval", "evaluation override, KEY=VALUE (repeatable)", repeat="section"),
         Flag("--reevaluate", "reevaluate", "evaluate trained runs again", switch="true"),
         Flag("--note", "note", "appended to the table header"),
+        Flag("--lanes", "lanes", "cells run at once, each in its own process (threads: CPU count // lanes)"),
+        Flag("--lane-child", "lane_child", "internal: set on the processes --lanes starts", switch="true"),
         _PROGRESS,
     ),
 }
