@@ -130,12 +130,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         log0(f"[data] evaluation skipped: {data.eval_skipped}")
 
     # ---- model, loss, optimizer, schedule (a resumed run rebuilds its towers from the run folder alone)
+    if cfg.loss.itc_loss == "siglip" and cfg.model.logit_bias_init is None:  # SigLIP's bias, started at -10
+        cfg.model = dataclasses.replace(cfg.model, logit_bias_init=-10.0)
     torch.manual_seed(derive_seed(cfg.seed, "init"))
     model = build_run_model(cfg.model, run_dir if ckpt is not None else None).to(device)
     if rank == 0:
         save_run_config(cfg, run_dir)
         save_backbones(model, run_dir)
-    loss_fn = UniMlipLoss(cfg.loss.weights, image_ssl=cfg.loss.image_ssl,
+    loss_fn = UniMlipLoss(cfg.loss.weights, image_ssl=cfg.loss.image_ssl, itc_loss=cfg.loss.itc_loss,
                           image_temperature=cfg.loss.image_temperature, text_temperature=cfg.loss.text_temperature)
     terms = loss_fn.enabled_terms
     opt, sched = build_optimizer(model, cfg.train)
@@ -201,6 +203,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if out.losses and (step % cfg.train.log_every == 0 or last):  # empty: no usable batch
             row = {"step": step, "lr": sched.get_last_lr()[0], "logit_scale": float(model.logit_scale().detach()),
                    **out.losses}
+            if model.logit_bias is not None:
+                row["logit_bias"] = float(model.logit_bias().detach())
             history.append(row)
             loggers.log(row)
         checkpoint_now = step % cfg.train.ckpt_every == 0 or last

@@ -189,3 +189,33 @@ def test_pooling_matches_float64_reference_and_ignores_padding(pool):
     padded_ids = torch.cat([ids, torch.zeros(1, 4, dtype=ids.dtype)], 1)
     padded_mask = torch.cat([mask, torch.zeros(1, 4, dtype=mask.dtype)], 1)
     torch.testing.assert_close(model.encode_text(padded_ids, padded_mask), model.encode_text(ids, mask), atol=1e-5, rtol=1e-5)
+
+
+def test_siglip_model_returns_its_learnable_bias_and_the_itc_term_equals_a_float64_loop(tmp_path):
+    """logit_bias_init builds SigLIP's bias; the itc term on the model's outputs equals a naive pair loop / N."""
+    import math
+
+    from unimlip_kit.losses import UniMlipLoss
+
+    assert "logit_bias" not in UniMlipModel(tiny())(batch(), ["itc"])  # InfoNCE models have no bias
+    torch.manual_seed(0)
+    model = UniMlipModel(tiny(logit_bias_init=-10.0))
+    out = model(batch(), ["itc", "itc_feature"])
+    assert float(out["logit_bias"].detach()) == -10.0 and out["logit_bias"].requires_grad
+    w = {"image_ssl": 0, "text_ssl": 0, "itm": 0, "mlm": 0}
+    total, terms = UniMlipLoss(weights=w, itc_loss="siglip")(out)
+    a, b = out["image_emb"].double().tolist(), out["text_emb"].double().tolist()
+    s, beta = float(out["logit_scale"].detach()), -10.0
+    ref = 0.0
+    for i, ai in enumerate(a):
+        for j, bj in enumerate(b):
+            t = -(1.0 if i == j else -1.0) * (s * sum(x * y for x, y in zip(ai, bj)) + beta)
+            ref += max(t, 0.0) + math.log1p(math.exp(-abs(t)))  # softplus(-z L)
+    assert float(terms["itc"]) == pytest.approx(ref / len(a), rel=1e-5)
+    total.backward()
+    assert model.logit_bias.bias.grad is not None and float(model.logit_bias.bias.grad) != 0.0
+    with torch.no_grad():
+        model.logit_bias.bias.fill_(-3.5)
+    model.save_pretrained(str(tmp_path / "m"))
+    loaded = UniMlipModel.from_pretrained(str(tmp_path / "m"))
+    assert loaded.config.logit_bias_init == -10.0 and float(loaded.logit_bias()) == -3.5

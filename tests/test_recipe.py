@@ -54,6 +54,25 @@ def test_main_writes_the_run_folder(tmp_path, cache):
     assert {"fused", "zero_shot", "linear_probe", "vqa", "vqa_floor"} <= set(metrics["eval"])
 
 
+def test_siglip_itc_runs_through_the_recipe_with_a_learned_bias(tmp_path, cache):
+    """loss.itc_loss=siglip: the model gets SigLIP's bias (started at -10), logs it, learns it and saves it."""
+    import yaml
+
+    from unimlip_kit.models import UniMlipModel
+
+    out = tmp_path / "run"
+    metrics = uni_mlip_roco.main(TINY + ["--max-steps", "3", "--output-dir", str(out), "loss.itc_loss=siglip",
+                                         "eval.tasks=[retrieval]"])
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["loss"]["itc_loss"] == "siglip" and saved["model"]["logit_bias_init"] == -10.0
+    rows = (out / "log.csv").read_text().splitlines()
+    bias = [float(r.split(",")[rows[0].split(",").index("logit_bias")]) for r in rows[1:]]
+    assert len(bias) == 3 and all(-10.0 < b < -9.0 for b in bias) and bias[0] != bias[-1]  # it moves (AdamW)
+    loaded = UniMlipModel.from_pretrained(str(out / "model"))
+    assert float(loaded.logit_bias()) == pytest.approx(bias[-1], abs=1e-6)
+    assert 0.0 <= metrics["retrieval"]["i2t"]["R@1"] <= 1.0
+
+
 def test_resume_gives_the_same_result(tmp_path, cache, monkeypatch):
     args = TINY + ["--max-steps", "4", "train.ckpt_every=2", "train.keep_checkpoints=3"]
     full = uni_mlip_roco.main(args + ["--output-dir", str(tmp_path / "full")])

@@ -418,7 +418,7 @@ def grad_cache_step(
             missing = [k for k in loss_fn.term_keys(t) if inputs.get(k) is None]
             if missing:
                 raise ValueError(f"term {t!r} needs {missing}; the model gives {sorted(cache)} "
-                                 f"(SigLIP needs a logit_bias: pass extra_outputs={{'logit_bias': ...}})")
+                                 f"(SigLIP needs a logit_bias: build the model with logit_bias_init, or pass extra_outputs={{'logit_bias': ...}})")
             value = getattr(loss_fn, f"loss_{t}")(inputs)
             values[t] = value.detach()
             total_c = weights[t] * value if total_c is None else total_c + weights[t] * value

@@ -38,6 +38,8 @@ class UniMlipModelConfig:
             feature replaces the text [CLS] state (:meth:`UniMlipModel.fuse`).
         dropout: dropout of the built towers and of the fusion encoder (SimCSE needs > 0).
         logit_scale_init, logit_scale_max: CLIP's temperature, clamped at ``logit_scale_max`` (≤ 100).
+        logit_bias_init: SigLIP's learnable logit bias (output ``logit_bias``), started here (SigLIP: −10);
+            ``None`` builds none (InfoNCE needs none). The recipe sets −10 when ``loss.itc_loss`` is ``"siglip"``.
         image_keep_ratio: FLIP-style fraction of patch tokens kept in the feature-level image view
             (1.0 = keep all, no speed-up).
         attention_backend: ``None`` (automatic), ``"sdpa"`` or ``"xformers"`` for the fusion encoder.
@@ -88,6 +90,7 @@ class UniMlipModelConfig:
     dropout: float = 0.1
     logit_scale_init: float = 1 / 0.07
     logit_scale_max: float = 100.0
+    logit_bias_init: float | None = None
     image_keep_ratio: float = 0.5
     attention_backend: Literal["sdpa", "xformers"] | None = None
     image_ssl_predictor: bool = False

@@ -18,7 +18,8 @@ mlm            masked caption → fusion with view-1 tokens   mlm_logits (K, V),
 =============  ===========================================  ==============================================
 
 Every pass is shared between the terms that need it (view 1 serves itc,
-image_ssl, itm and mlm), so turning a term off saves its passes.
+image_ssl, itm and mlm), so turning a term off saves its passes. A model built
+with ``logit_bias_init`` (SigLIP) also returns ``logit_bias`` with itc / itc_feature.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Iterable, Mapping
 import torch
 from torch import nn
 
-from unimlip_kit.losses.logit_scale import LogitScale
+from unimlip_kit.losses.logit_scale import LogitBias, LogitScale
 from unimlip_kit.models.config import UniMlipModelConfig
 from unimlip_kit.models.fusion import FusionEncoder
 from unimlip_kit.models.heads import ITMHead, MLMHead, ProjectionHead
@@ -95,6 +96,7 @@ class UniMlipModel(nn.Module, UniMlipHubMixin):
             ProjectionHead(cfg.ssl_dim, cfg.ssl_dim, hidden=cfg.ssl_dim, normalize=False) if cfg.image_ssl_predictor else None
         )
         self.logit_scale = LogitScale(cfg.logit_scale_init, cfg.logit_scale_max)
+        self.logit_bias = LogitBias(cfg.logit_bias_init) if cfg.logit_bias_init is not None else None  # SigLIP
         self.fusion = FusionEncoder(tw, vw, cfg.fusion_layers, cfg.fusion_heads, dropout=cfg.dropout,
                                     backend=cfg.attention_backend)
         self.itm_head = ITMHead(tw)
@@ -343,6 +345,8 @@ class UniMlipModel(nn.Module, UniMlipHubMixin):
         out: dict[str, torch.Tensor] = {}
         if terms & {"itc", "itc_feature", "itm"}:
             out["logit_scale"] = self.logit_scale()
+        if self.logit_bias is not None and terms & {"itc", "itc_feature"}:
+            out["logit_bias"] = self.logit_bias()
 
         tower_out, img_tokens, txt_hidden = self.tower_outputs(batch, terms, generator=generator)
         out.update(tower_out)

@@ -88,6 +88,7 @@ class LossConfig:
     weights: dict[Literal["itc", "itc_feature", "image_ssl", "text_ssl", "itm", "mlm"], float] = field(
         default_factory=lambda: dict(DEFAULT_WEIGHTS))
     image_ssl: Literal["ntxent", "simsiam"] = "ntxent"
+    itc_loss: Literal["infonce", "siglip"] = "infonce"  # siglip: the sigmoid loss with the model's logit_bias
     image_temperature: float = 0.1
     text_temperature: float = 0.2  # SimCSE at 0.05 falls to ~0.01 in a few dozen steps here (no signal left)
 

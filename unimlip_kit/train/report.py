@@ -25,7 +25,7 @@ from unimlip_kit.utils.optional import require
 __all__ = ["NOT_LOSSES", "Loggers", "plot_losses", "summary_table", "write_csv"]
 
 #: Columns of a history row that are not loss terms.
-NOT_LOSSES = ("step", "lr", "logit_scale", "pairs_per_s")
+NOT_LOSSES = ("step", "lr", "logit_scale", "logit_bias", "pairs_per_s")
 
 
 def write_csv(history: Sequence[Mapping[str, float]], path: str | Path) -> None:
