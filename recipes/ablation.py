@@ -444,9 +444,27 @@ def _fmt(x: float, digits: int = 3, sign: bool = False) -> str:
     return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
 
 
+def _paired_table(prows: Mapping[str, Mapping[str, Mapping[str, float]]], metrics: Sequence[str]) -> list[str]:
+    lines = ["| variant | " + " | ".join(metrics) + " |", "|" + "---|" * (len(metrics) + 1)]
+    for variant, row in prows.items():
+        cells = []
+        for name in metrics:
+            p = row[name]
+            if p["n"] == 0:
+                cells.append("")
+                continue
+            digits = 0 if name in COST_METRICS else 3
+            mark = " ▲" if p["lo"] > 0 else " ▼" if p["hi"] < 0 else ""
+            cells.append(f"{_fmt(p['mean'], digits, True)} [{_fmt(p['lo'], digits, True)}, "
+                         f"{_fmt(p['hi'], digits, True)}]{mark}")
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown_report(agg: Mapping[str, Any], header: str, n_expected: int | None = None,
                     metrics: Sequence[str] = METRICS, baseline: str = BASELINE) -> str:
-    """The Markdown report: per size a mean ± std table and a table of paired differences to ``baseline``.
+    """The Markdown report: per size a mean ± std table and a table of paired differences to ``baseline``
+    (and, where ``agg`` has ``paired_equal_time``, the full objective's difference to clip-walltime).
 
     A cell of the first table reads ``mean ± std`` with ``(n/expected)`` when seeds are missing; a paired
     difference reads ``+d [lo, hi]`` with ▲/▼ when the 95% interval excludes 0.
@@ -475,22 +493,12 @@ def markdown_report(agg: Mapping[str, Any], header: str, n_expected: int | None 
                     text += f" ({r['n']}/{n_expected})"
                 cells.append(text)
             lines.append(f"| {variant} | " + " | ".join(cells) + " |")
-        prows = agg["paired"].get(size, {})
-        if prows:
-            lines += ["", f"Paired difference to {baseline} over seeds, mean [95% t interval]:", "",
-                      "| variant | " + " | ".join(metrics) + " |", "|" + "---|" * (len(metrics) + 1)]
-            for variant, row in prows.items():
-                cells = []
-                for name in metrics:
-                    p = row[name]
-                    if p["n"] == 0:
-                        cells.append("")
-                        continue
-                    digits = 0 if name in COST_METRICS else 3
-                    mark = " ▲" if p["lo"] > 0 else " ▼" if p["hi"] < 0 else ""
-                    cells.append(f"{_fmt(p['mean'], digits, True)} [{_fmt(p['lo'], digits, True)}, "
-                                 f"{_fmt(p['hi'], digits, True)}]{mark}")
-                lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+        for key, base, what in (("paired", baseline, "Paired difference to"),
+                                ("paired_equal_time", WALLTIME, "Equal training time: paired difference to")):
+            prows = agg.get(key, {}).get(size, {})
+            if prows:
+                lines += ["", f"{what} {base} over seeds, mean [95% t interval]:", ""]
+                lines += _paired_table(prows, metrics)
         lines.append("")
     if agg["missing"]:
         shown = ", ".join(f"{s}/{v}/seed{k}" for s, v, k in agg["missing"][:40])
@@ -704,6 +712,8 @@ def write_report(cfg: AblationConfig, expected: Sequence[Cell], current: Mapping
     records = [{"size": c.size, "variant": c.variant, "seed": c.seed, "metrics": r["metrics"]} for c, r in done.items()]
     records += [{"size": s, "variant": FLOOR, "seed": k, "metrics": r["metrics"]} for (s, k), r in floors.items()]
     agg = aggregate(records, expected)
+    equal_time = aggregate(records, expected, baseline=WALLTIME)["paired"]  # the full objective at CLIP's compute
+    agg["paired_equal_time"] = {size: {FULL: rows[FULL]} for size, rows in equal_time.items() if FULL in rows}
     commits = sorted({str(r.get("meta", {}).get("commit")) for r in [*done.values(), *floors.values()]})
     meta = run_metadata()
     steps = current["max_steps"]

@@ -145,6 +145,12 @@ def test_a_rerun_skips_finished_cells_and_max_cells_bounds_a_sitting(tmp_path, m
     # uni-mlip - clip = 0.2 on every seed: sd 0, interval [0.2, 0.2]
     p = agg["paired"]["10"][FULL]["i2t R@1"]
     assert p["mean"] == pytest.approx(0.2) and p["lo"] == pytest.approx(0.2) and p["n"] == 2
+    # equal training time: uni-mlip - clip-walltime = 0.1 on every seed, in the JSON and the Markdown
+    e = agg["paired_equal_time"]["10"][FULL]["i2t R@1"]
+    assert e["mean"] == pytest.approx(0.1) and e["hi"] == pytest.approx(0.1) and set(agg["paired_equal_time"]["10"]) == {FULL}
+    md = (tmp_path / "res" / "ablation.md").read_text()
+    assert md.count("Equal training time: paired difference to clip-walltime") == 2  # one per size
+    assert "| uni-mlip | +0.100 [+0.100, +0.100] ▲ |" in md
     saved = json.loads((tmp_path / "res" / "ablation.json").read_text())
     assert saved["command"].startswith("python recipes/ablation.py 'loo_sizes=[20]' pool_size=20 --sizes 10 20") and "commit" in saved
     assert (tmp_path / "res" / "ablation.png").stat().st_size > 1000
