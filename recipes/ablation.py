@@ -21,6 +21,9 @@ clip-walltime      ITC only, given the full objective's measured training wall t
 +fused             ITC + ITM with hard negatives + image-conditioned MLM
 no-<term>          the full objective without <term> (6 variants; at ``loo_sizes`` only, the middle size)
 no-pretraining     not trained: the VQA head fine-tuned on a freshly initialised model (once per size and seed)
+clip-aug           a control outside the default grid (``--variants``): ITC only with the light augmentation on
+                   view 1 too. The recipe shows ITC a clean view 1, so ``clip`` trains on unaugmented images
+                   while ``+itc-feature`` adds ITC on the augmented view 2; this separates the two.
 =================  ==================================================================================
 
 Data: one synthetic pool of ``pool_size`` (4000) training pairs (``data.synthetic.n_train``); a
@@ -84,7 +87,13 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 }
 #: the full objective minus one term
 LEAVE_ONE_OUT: dict[str, tuple[str, ...]] = {f"no-{t}": tuple(x for x in ALL_TERMS if x != t) for t in ALL_TERMS}
-ALL_VARIANTS = {**VARIANTS, **LEAVE_ONE_OUT}
+#: controls outside the default grid (ask for them with --variants): CLIP with augmented images. The recipe shows ITC a
+#: clean view 1 (augment.view1_strength none), so clip sees no augmentation while +itc-feature adds a contrastive term
+#: on the augmented view 2; clip-aug separates "augmented inputs" from "a second, feature-level ITC"
+CONTROLS: dict[str, tuple[str, ...]] = {"clip-aug": ("itc",)}
+#: recipe overrides a variant adds to its loss weights
+VARIANT_OVERRIDES: dict[str, tuple[str, ...]] = {"clip-aug": ("augment.view1_strength=light",)}
+ALL_VARIANTS = {**VARIANTS, **LEAVE_ONE_OUT, **CONTROLS}
 
 #: (column, function of an evaluate_run_folder result): the quality metrics of a cell
 EVAL_METRICS: dict[str, Callable[[Mapping[str, Any]], float]] = {
@@ -149,6 +158,7 @@ class AblationConfig:
     plan: bool = False  # only print the grid, what is finished and the estimated time
     guess_seconds_per_cell: float = 360.0  # the time estimate before any cell of a variant is measured
     note: str = ""  # appended to the report header
+    baseline: str = BASELINE  # the report's paired differences are to this variant (e.g. clip-aug)
     progress: bool = True
     lanes: int = 1  # cells run at once, each in its own process (see run_in_lanes)
     threads_per_lane: int = 0  # torch threads of each lane's process (0: the CPU count // lanes, at least 1)
@@ -223,11 +233,13 @@ def variant_overrides(variant: str) -> list[str]:
     Example:
         >>> variant_overrides("clip")[:2]
         ['loss.weights.itc=1.0', 'loss.weights.itc_feature=0.0']
+        >>> variant_overrides("clip-aug")[-1]
+        'augment.view1_strength=light'
     """
     if variant not in ALL_VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; known: {list(ALL_VARIANTS)}")
     on = set(ALL_VARIANTS[variant])
-    return [f"loss.weights.{t}={1.0 if t in on else 0.0}" for t in ALL_TERMS]
+    return [f"loss.weights.{t}={1.0 if t in on else 0.0}" for t in ALL_TERMS] + list(VARIANT_OVERRIDES.get(variant, ()))
 
 
 def training_config_path(cfg: AblationConfig) -> Path:
@@ -711,7 +723,9 @@ def write_report(cfg: AblationConfig, expected: Sequence[Cell], current: Mapping
         return None
     records = [{"size": c.size, "variant": c.variant, "seed": c.seed, "metrics": r["metrics"]} for c, r in done.items()]
     records += [{"size": s, "variant": FLOOR, "seed": k, "metrics": r["metrics"]} for (s, k), r in floors.items()]
-    agg = aggregate(records, expected)
+    if cfg.baseline not in {c.variant for c in expected}:
+        raise ValueError(f"baseline {cfg.baseline!r} is not among the variants {sorted({c.variant for c in expected})}")
+    agg = aggregate(records, expected, baseline=cfg.baseline)
     equal_time = aggregate(records, expected, baseline=WALLTIME)["paired"]  # the full objective at CLIP's compute
     agg["paired_equal_time"] = {size: {FULL: rows[FULL]} for size, rows in equal_time.items() if FULL in rows}
     commits = sorted({str(r.get("meta", {}).get("commit")) for r in [*done.values(), *floors.values()]})
@@ -730,7 +744,7 @@ def write_report(cfg: AblationConfig, expected: Sequence[Cell], current: Mapping
               f"{READING_RULE}\n\nCommand: `{command}`. Report at commit {meta.get('commit')}; cells from commit(s) "
               f"{', '.join(commits)}. {len(done)} of {len(expected)} cells finished."
               + (f" {cfg.note}" if cfg.note else ""))
-    text = markdown_report(agg, header, n_expected=len({c.seed for c in expected}))
+    text = markdown_report(agg, header, n_expected=len({c.seed for c in expected}), baseline=cfg.baseline)
     if stale:
         text += (f"\n{len(stale)} stored cells were made under other settings and are left out, e.g. "
                  f"{cell_path(cfg.cells_dir, next(iter(stale)))}: {next(iter(stale.values()))}\n")

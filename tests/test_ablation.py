@@ -77,6 +77,13 @@ def test_the_default_grid_is_72_cells_with_the_full_objective_first():
             assert block[0] == FULL and block.index(FULL) < block.index(WALLTIME)
     with pytest.raises(ValueError, match="unknown variant 'clipp'"):
         ablation.grid(AblationConfig(variants=["clipp"]))
+    # the augmented-CLIP control is asked for by name, and its cells train ITC on an augmented view 1
+    assert "clip-aug" not in {c.variant for c in cells}
+    control = ablation.grid(AblationConfig(variants=[FULL, BASELINE, "clip-aug"], sizes=[250], leave_one_out=False))
+    assert [c.variant for c in control[:3]] == [FULL, BASELINE, "clip-aug"]
+    cmd = ablation.train_command(AblationConfig(), control[2], Path("runs/x"))
+    assert cmd[-1] == "augment.view1_strength=light" and "loss.weights.itc_feature=0.0" in cmd
+    assert "augment.view1_strength=light" not in ablation.train_command(AblationConfig(), control[1], Path("runs/x"))
     with pytest.raises(ValueError, match="needs 'uni-mlip'"):
         ablation.grid(AblationConfig(variants=["clip", WALLTIME]))
     with pytest.raises(ValueError, match="pool_size=4000"):
@@ -162,6 +169,13 @@ def test_a_rerun_skips_finished_cells_and_max_cells_bounds_a_sitting(tmp_path, m
     rep = ablation.main(base + ["--report"])
     same = [json.dumps(r["aggregate"]["summary"], sort_keys=True) for r in (rep, again)]  # NaN-safe comparison
     assert same[0] == same[1] and "cells_run" not in rep
+
+    # another baseline: every difference is to it (uni-mlip - +fused = 0.5 - 0.4 on every seed)
+    other = ablation.main(base + ["--report", "baseline=+fused"])
+    assert other["aggregate"]["paired"]["10"][FULL]["i2t R@1"]["mean"] == pytest.approx(0.1)
+    assert "Paired difference to +fused over seeds" in (tmp_path / "res" / "ablation.md").read_text()
+    with pytest.raises(ValueError, match="baseline 'clip-aug' is not among the variants"):
+        ablation.main(base + ["--report", "baseline=clip-aug"])
 
     # other settings (more steps) do not mix with these cells: a run refuses, naming the key; a report leaves them out
     with pytest.raises(ValueError, match="max_steps"):
