@@ -184,7 +184,9 @@ def grid(cfg: AblationConfig) -> list[Cell]:
     """
     for v in cfg.variants:
         if v not in ALL_VARIANTS:
-            raise ValueError(f"unknown variant {v!r}; known: {list(ALL_VARIANTS)}")
+            hint = (" (a key=value override after --variants is read as a variant: put overrides before the "
+                    "list flags, or end the list with another flag)") if "=" in v else ""
+            raise ValueError(f"unknown variant {v!r}; known: {list(ALL_VARIANTS)}{hint}")
     if WALLTIME in cfg.variants and FULL not in cfg.variants:
         raise ValueError(f"{WALLTIME!r} needs {FULL!r} in variants (its budget is the full objective's wall time)")
     if not cfg.sizes or not cfg.seeds:
@@ -456,6 +458,29 @@ def _fmt(x: float, digits: int = 3, sign: bool = False) -> str:
     return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
 
 
+def term_contributions(cells: Sequence[Mapping[str, Any]], expected: Sequence[Cell] = (),
+                       metrics: Sequence[str] = METRICS) -> dict[str, dict[str, Any]]:
+    """What each term adds with all the others present: the paired difference uni-mlip − no-<term> per size.
+
+    Leave-one-out reads the other way round from the table against CLIP: a positive difference means the
+    full objective is better *with* the term. Keys are ``"uni-mlip − no-<term>"``; sizes without a
+    leave-one-out variant are left out.
+
+    Example:
+        >>> cs = [{"size": 10, "variant": v, "seed": s, "metrics": {"m": x}}
+        ...       for v, xs in (("uni-mlip", (3.0, 5.0)), ("no-itm", (1.0, 2.0))) for s, x in enumerate(xs)]
+        >>> term_contributions(cs, metrics=["m"])["10"]["uni-mlip − no-itm"]["m"]["mean"]
+        2.5
+    """
+    loo = [v for v in LEAVE_ONE_OUT if any(str(c["variant"]) == v for c in cells)]
+    out: dict[str, dict[str, Any]] = {}
+    for v in loo:
+        for size, rows in aggregate(cells, expected, baseline=v, metrics=metrics)["paired"].items():
+            if FULL in rows and any(int(c["size"]) == int(size) and c["variant"] == v for c in cells):
+                out.setdefault(size, {})[f"{FULL} − {v}"] = rows[FULL]
+    return out
+
+
 def _paired_table(prows: Mapping[str, Mapping[str, Mapping[str, float]]], metrics: Sequence[str]) -> list[str]:
     lines = ["| variant | " + " | ".join(metrics) + " |", "|" + "---|" * (len(metrics) + 1)]
     for variant, row in prows.items():
@@ -476,7 +501,8 @@ def _paired_table(prows: Mapping[str, Mapping[str, Mapping[str, float]]], metric
 def markdown_report(agg: Mapping[str, Any], header: str, n_expected: int | None = None,
                     metrics: Sequence[str] = METRICS, baseline: str = BASELINE) -> str:
     """The Markdown report: per size a mean ± std table and a table of paired differences to ``baseline``
-    (and, where ``agg`` has ``paired_equal_time``, the full objective's difference to clip-walltime).
+    (and, where ``agg`` has them, the full objective's difference to clip-walltime, ``paired_equal_time``,
+    and to each leave-one-out variant, ``paired_term``: see :func:`term_contributions`).
 
     A cell of the first table reads ``mean ± std`` with ``(n/expected)`` when seeds are missing; a paired
     difference reads ``+d [lo, hi]`` with ▲/▼ when the 95% interval excludes 0.
@@ -505,11 +531,13 @@ def markdown_report(agg: Mapping[str, Any], header: str, n_expected: int | None 
                     text += f" ({r['n']}/{n_expected})"
                 cells.append(text)
             lines.append(f"| {variant} | " + " | ".join(cells) + " |")
-        for key, base, what in (("paired", baseline, "Paired difference to"),
-                                ("paired_equal_time", WALLTIME, "Equal training time: paired difference to")):
+        for key, what in (("paired", f"Paired difference to {baseline}"),
+                          ("paired_equal_time", f"Equal training time: paired difference to {WALLTIME}"),
+                          ("paired_term", f"Leave-one-out, what each term adds with the others present: "
+                                          f"{FULL} − no-<term>")):
             prows = agg.get(key, {}).get(size, {})
             if prows:
-                lines += ["", f"{what} {base} over seeds, mean [95% t interval]:", ""]
+                lines += ["", f"{what} over seeds, mean [95% t interval]:", ""]
                 lines += _paired_table(prows, metrics)
         lines.append("")
     if agg["missing"]:
@@ -728,6 +756,7 @@ def write_report(cfg: AblationConfig, expected: Sequence[Cell], current: Mapping
     agg = aggregate(records, expected, baseline=cfg.baseline)
     equal_time = aggregate(records, expected, baseline=WALLTIME)["paired"]  # the full objective at CLIP's compute
     agg["paired_equal_time"] = {size: {FULL: rows[FULL]} for size, rows in equal_time.items() if FULL in rows}
+    agg["paired_term"] = term_contributions(records, expected)
     commits = sorted({str(r.get("meta", {}).get("commit")) for r in [*done.values(), *floors.values()]})
     meta = run_metadata()
     steps = current["max_steps"]
