@@ -560,26 +560,35 @@ def plot_by_size(agg: Mapping[str, Any], path: Path, title: str, metrics: Sequen
         variants += [v for v in rows if v not in variants]
     ncol = 3
     nrow = math.ceil(len(metrics) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.2 * nrow), squeeze=False)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.2 * nrow + 0.4), squeeze=False)
+    loo = [v for v in variants if v in LEAVE_ONE_OUT]
+    main = [v for v in variants if v not in loo]
+    tab10, dark2 = plt.get_cmap("tab10"), plt.get_cmap("Dark2")  # the variants' own colours; leave-one-out apart
+    colour = {v: tab10(i % 10) for i, v in enumerate(main)} | {v: dark2(i % 8) for i, v in enumerate(loo)}
+    legend: dict[str, Any] = {}
     for ax, name in zip(axes.flat, metrics):
-        for k, v in enumerate(variants):
+        for v in variants:
             pts = [(s, agg["summary"][str(s)][v][name]) for s in sizes if v in agg["summary"][str(s)]]
             pts = [(s, r) for s, r in pts if r["n"] > 0]
             if not pts:
                 continue
-            style = "--" if v.startswith("no-") else ":" if v == FLOOR else "-"
-            ax.errorbar([s for s, _ in pts], [r["mean"] for _, r in pts], yerr=[r["std"] for _, r in pts],
-                        linestyle=style, marker="o", markersize=3, capsize=2, label=v, color=f"C{k % 10}")
+            style = "--" if v in loo else ":" if v == FLOOR else "-"
+            # leave-one-out variants exist at one size: spread them a little along x so each stays visible
+            shift = 1.0 + 0.04 * (loo.index(v) - (len(loo) - 1) / 2) if v in loo else 1.0
+            h = ax.errorbar([s * shift for s, _ in pts], [r["mean"] for _, r in pts], yerr=[r["std"] for _, r in pts],
+                            linestyle=style, marker="s" if v in loo else "o", markersize=3, capsize=2, label=v,
+                            color=colour[v])
+            legend.setdefault(v, h)
         ax.set_xscale("log")
+        ax.minorticks_off()
         ax.set_xticks(sizes, [str(s) for s in sizes])
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("training pairs", fontsize=8)
     for ax in list(axes.flat)[len(metrics):]:
         ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower right", fontsize=7, ncol=2)
+    fig.legend(list(legend.values()), list(legend), loc="lower center", fontsize=7, ncol=min(7, len(legend)))
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.45 / (3.2 * nrow + 0.4), 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
