@@ -458,8 +458,22 @@ def _fmt(x: float, digits: int = 3, sign: bool = False) -> str:
     return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
 
 
-def term_contributions(cells: Sequence[Mapping[str, Any]], expected: Sequence[Cell] = (),
-                       metrics: Sequence[str] = METRICS) -> dict[str, dict[str, Any]]:
+def full_objective_against(cells: Sequence[Mapping[str, Any]], baseline: str,
+                           metrics: Sequence[str] = METRICS) -> dict[str, Any]:
+    """``{size: paired difference uni-mlip − baseline}`` over the sizes that have both (see :func:`aggregate`).
+
+    Example:
+        >>> cs = [{"size": 10, "variant": v, "seed": s, "metrics": {"m": x}}
+        ...       for v, xs in (("uni-mlip", (3.0, 5.0)), ("no-itm", (1.0, 2.0))) for s, x in enumerate(xs)]
+        >>> full_objective_against(cs, "no-itm", metrics=["m"])["10"]["m"]["mean"]
+        2.5
+    """
+    paired = aggregate(cells, baseline=baseline, metrics=metrics)["paired"]
+    return {size: rows[FULL] for size, rows in paired.items() if FULL in rows}
+
+
+def term_contributions(cells: Sequence[Mapping[str, Any]], metrics: Sequence[str] = METRICS
+                       ) -> dict[str, dict[str, Any]]:
     """What each term adds with all the others present: the paired difference uni-mlip − no-<term> per size.
 
     Leave-one-out reads the other way round from the table against CLIP: a positive difference means the
@@ -472,12 +486,10 @@ def term_contributions(cells: Sequence[Mapping[str, Any]], expected: Sequence[Ce
         >>> term_contributions(cs, metrics=["m"])["10"]["uni-mlip − no-itm"]["m"]["mean"]
         2.5
     """
-    loo = [v for v in LEAVE_ONE_OUT if any(str(c["variant"]) == v for c in cells)]
     out: dict[str, dict[str, Any]] = {}
-    for v in loo:
-        for size, rows in aggregate(cells, expected, baseline=v, metrics=metrics)["paired"].items():
-            if FULL in rows and any(int(c["size"]) == int(size) and c["variant"] == v for c in cells):
-                out.setdefault(size, {})[f"{FULL} − {v}"] = rows[FULL]
+    for v in LEAVE_ONE_OUT:
+        for size, row in full_objective_against(cells, v, metrics).items():
+            out.setdefault(size, {})[f"{FULL} − {v}"] = row
     return out
 
 
@@ -763,9 +775,9 @@ def write_report(cfg: AblationConfig, expected: Sequence[Cell], current: Mapping
     if cfg.baseline not in {c.variant for c in expected}:
         raise ValueError(f"baseline {cfg.baseline!r} is not among the variants {sorted({c.variant for c in expected})}")
     agg = aggregate(records, expected, baseline=cfg.baseline)
-    equal_time = aggregate(records, expected, baseline=WALLTIME)["paired"]  # the full objective at CLIP's compute
-    agg["paired_equal_time"] = {size: {FULL: rows[FULL]} for size, rows in equal_time.items() if FULL in rows}
-    agg["paired_term"] = term_contributions(records, expected)
+    # the full objective at CLIP's compute, and against each leave-one-out variant
+    agg["paired_equal_time"] = {size: {FULL: row} for size, row in full_objective_against(records, WALLTIME).items()}
+    agg["paired_term"] = term_contributions(records)
     commits = sorted({str(r.get("meta", {}).get("commit")) for r in [*done.values(), *floors.values()]})
     meta = run_metadata()
     steps = current["max_steps"]
