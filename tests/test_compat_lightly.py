@@ -4,7 +4,8 @@ The calls, grids and expected values are those of lightly's tests (tests/loss/te
 and tests/models/modules/test_memory_bank.py: SimCLR's Algorithm 1 as the reference, log(M + 1) for
 perfectly correlated embeddings with a full bank, symmetry), with the import changed to
 unimlip_kit; the reference implementations here are written independently in float64. lightly itself
-is compared when ``lightly.loss`` imports (it needs torchvision), else that test skips.
+is compared when it is installed (``pip install --no-deps lightly``: its NT-Xent file is loaded without the
+package's torchvision imports, tests/peers.py), else that test skips.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from peers import lightly_loss_module
+from peers import lightly_loss_module, lightly_ntxent_module
 from torch import distributed as dist
 
 from unimlip_kit.compat.lightly import NTXentLoss
@@ -203,15 +204,25 @@ def test_memory_bank_module_reads_before_and_writes_after():
 
 
 def test_equals_lightly_when_installed():
-    lightly_loss = lightly_loss_module()
+    lightly_loss = lightly_loss_module() or lightly_ntxent_module()
     if lightly_loss is None:
-        pytest.skip("lightly.loss does not import here (lightly not installed, or torchvision missing)")
+        pytest.skip("lightly is not installed (pip install --no-deps lightly)")
     g = torch.Generator().manual_seed(0)
     batches = [(torch.randn(8, 16, generator=g), torch.randn(8, 16, generator=g)) for _ in range(4)]
     for kwargs in ({"temperature": 0.5}, {"temperature": 0.2, "memory_bank_size": (20, 16)}):
-        values = []
+        values, grads = [], []
         for cls in (NTXentLoss, lightly_loss.NTXentLoss):
             torch.manual_seed(1)  # the bank's random initial entries
             loss_fn = cls(**kwargs)
-            values.append([float(loss_fn(a.clone().requires_grad_(), b)) for a, b in batches])
+            vals, gs = [], []
+            for a, b in batches:
+                a = a.clone().requires_grad_()
+                loss = loss_fn(a, b)
+                loss.backward()
+                vals.append(float(loss.detach()))
+                gs.append(a.grad)
+            values.append(vals)
+            grads.append(gs)
         assert values[0] == pytest.approx(values[1], abs=1e-5), kwargs
+        for ours, theirs in zip(*grads):
+            torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)

@@ -159,3 +159,32 @@ def test_constructor_arguments_and_errors():
         ClipLoss(rank=0, world_size=2, use_horovod=True)(x, x, torch.tensor(10.0))
     with pytest.raises(ValueError, match="same batch size"):
         SigLipLoss()(x, x[:2], torch.tensor(10.0), torch.tensor(-10.0))
+
+
+def test_train_step_is_still_the_installed_open_clip_train_loop():
+    """``train_step`` above is open_clip's loss call, line for line: check it against the installed release's source.
+
+    open_clip_train is not imported (its package imports torchvision); its ``train.py`` is read as text, and the
+    statements of the ``accum_freq == 1`` branch must appear in ``train_one_epoch`` in this order.
+    """
+    import ast
+    import importlib.util
+    import inspect
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("open_clip_train")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("open_clip_train (pip install --no-deps open_clip_torch) is not installed")
+    source = (Path(list(spec.submodule_search_locations)[0]) / "train.py").read_text(encoding="utf-8")
+    theirs = next(n for n in ast.walk(ast.parse(source))
+                  if isinstance(n, ast.FunctionDef) and n.name == "train_one_epoch")
+    their_lines = [ast.unparse(n) for n in ast.walk(theirs) if isinstance(n, ast.stmt)]
+    ours = ast.parse(inspect.getsource(train_step)).body[0]
+    wanted = [ast.unparse(n) for n in ours.body
+              if isinstance(n, (ast.Assign, ast.Expr)) and "loss" in ast.unparse(n) and not isinstance(n, ast.Return)]
+    assert wanted[:3] == ["losses = loss(**model_out, output_dict=True)", "total_loss = sum(losses.values())",
+                          "losses['loss'] = total_loss"]
+    positions = [their_lines.index(line) for line in wanted[:3] if line in their_lines]
+    assert len(positions) == 3 and positions == sorted(positions), (
+        f"open_clip_train.train.train_one_epoch no longer contains {wanted[:3]} in order: "
+        "unimlip_kit.compat.open_clip targets that loss call")

