@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # GPU check for the Triton kernels: tests compiled on CUDA, then the benchmarks, then the ahead-of-time compile
-# check. Each step has a timeout (525 s in all, under the device tool's 600 s per command; about 6 minutes
+# check. Each step has a timeout (585 s in all, under the device tool's 600 s per command; about 6 minutes
 # expected on one H200); a failing step does not stop the later ones, and the script exits 1 if any failed.
 #
 #   bash benchmarks/gpu_check.sh            # needs torch with CUDA and triton; writes benchmarks/results/*.json
 #
 # 1. the kernel tests of tests/test_triton_kernels.py and tests/test_hard_negatives.py on CUDA
 #    (UNIMLIP_TEST_DEVICE=cuda; the same tests CI runs under TRITON_INTERPRET=1 on CPU);
+#    then the first-use self-check of each Triton backend (state, error, seconds) -> results/selfcheck_cuda.json;
 # 2. benchmarks/bench_kernels_gpu.py: bf16 D=768 matmul rate, a short config sweep, one-pass vs two-pass
 #    fwd+bwd up to N=65536, peak memory at N=1,048,576, the sampler against one forward at N=65536, and the
 #    registers/spills the CUDA driver reports for each compiled kernel -> results/kernels_gpu.json;
@@ -41,6 +42,14 @@ print("torch", torch.__version__, "triton", triton.__version__, torch.cuda.get_d
 PYEOF
 
 step "kernel tests on CUDA" 120 "$PY" -m pytest -q tests/test_triton_kernels.py tests/test_hard_negatives.py
+
+step "first-use self-checks: state and cost per (op, dtype) -> results/selfcheck_cuda.json" 60 "$PY" -c "
+import json
+from unimlip_kit.info import collect_info
+checks = collect_info()['self_checks']
+print(json.dumps(checks, indent=1))
+open('benchmarks/results/selfcheck_cuda.json', 'w').write(json.dumps(checks, indent=1) + '\n')
+"
 
 step "Triton InfoNCE: speed vs matmul, one-pass vs two-pass, memory at N=2^20, sampler vs forward" 180 \
     "$PY" benchmarks/bench_kernels_gpu.py

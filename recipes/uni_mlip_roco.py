@@ -36,11 +36,17 @@ term), ``metrics.json``, ``summary.md`` and ``model/`` (``UniMlipModel.from_pret
 Reproducibility: every random stream of step ``s`` (data order, image and caption augmentation, token
 masking, hard negatives, token keeping, dropout) is derived from ``(seed, s, micro-batch, rank)``, so a
 run killed and resumed with ``--resume`` ends with exactly the metrics of an uninterrupted run.
+
+Faults (``unimlip_kit.train.faults``): SIGTERM or SIGINT stops the run after the current step with a
+checkpoint (every rank at the same step) and exit code 143 / 130, so ``--resume`` loses nothing; a second
+run on the same ``--output-dir`` stops at once naming the holder's pid and host; ``train.ckpt_every_minutes``
+checkpoints on a clock as well as every ``train.ckpt_every`` steps.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import signal
 import sys
 import time
 from pathlib import Path
@@ -55,6 +61,7 @@ from unimlip_kit.distributed import get_rank, get_world_size, is_distributed
 from unimlip_kit.eval import format_table, read_synthetic_vqa
 from unimlip_kit.losses import DEFAULT_WEIGHTS, UniMlipLoss
 from unimlip_kit.models.hub import Preprocessing
+from unimlip_kit.train.faults import Preemption, RunLock, check_run_layout, exit_code_for
 from unimlip_kit.train import (BatchMaker, Loggers, RecipeConfig, TrainParts, build_optimizer, build_run_model,
                                evaluate_run, find_checkpoint, load_recipe_config, load_run_data, load_run_tokenizer, log0,
                                cosine_with_warmup, parse_recipe_args, plot_losses, prepare_tokenizer, restore_checkpoint,
@@ -98,9 +105,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     device = setup_distributed(cfg.device)
+    rank = get_rank()
+    run_dir = Path(cfg.output_dir)
+    check_run_layout(run_dir)  # e.g. `checkpoints` as a file fails now, not at the first checkpoint
+    lock = RunLock(run_dir).acquire() if rank == 0 else None  # one run per folder; a dead holder's lock is taken over
+    if lock is not None and lock.took_over:
+        log0(f"[run] {run_dir} was locked by pid {lock.took_over.get('pid')} on {lock.took_over.get('host')}, "
+             f"which is gone: taken over")
+    try:
+        with Preemption() as stop:
+            return train_and_evaluate(cfg, ckpt, resuming, device, run_dir, stop)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def train_and_evaluate(cfg: RecipeConfig, ckpt: Path | None, resuming: bool, device: torch.device, run_dir: Path,
+                       stop: Preemption) -> dict[str, Any]:
+    """The run: data, model, the training loop (stopping early on ``stop``'s signal), evaluation, the run folder."""
     rank, world = get_rank(), get_world_size()
     seed_everything(cfg.seed)
-    run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
 
@@ -191,6 +215,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         t = cfg.train
         sched.lr_lambdas = [lambda s: cosine_with_warmup(max(s, elapsed() / budget * t.max_steps), t.warmup_steps,
                                                          t.max_steps, t.min_lr_ratio)] * len(opt.param_groups)
+    every_minutes, t_ckpt = cfg.train.ckpt_every_minutes, time.time()
     while step < cfg.train.max_steps:
         out = train_step(parts, step, stream.next, on_batch=skips.update_from_batch)
         pairs_seen += out.pairs
@@ -207,14 +232,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 row["logit_bias"] = float(model.logit_bias().detach())
             history.append(row)
             loggers.log(row)
-        checkpoint_now = step % cfg.train.ckpt_every == 0 or last
+        # every rank agrees on a signal any of them got and on rank 0's clock for timed checkpoints
+        signum, timed = stop.agreed(device, every_minutes is not None and time.time() - t_ckpt >= 60 * every_minutes)
+        checkpoint_now = step % cfg.train.ckpt_every == 0 or last or timed or signum is not None
         if not used and checkpoint_now:
             raise RuntimeError(f"no usable training batch in {step} steps (every micro-batch had fewer than 2 readable "
                                f"pairs): {skips.summary()}; nothing was saved")
         if rank == 0 and checkpoint_now:
-            save_checkpoint(run_dir, step, model, opt, sched, stream, skips, history, cfg.train.keep_checkpoints, used)
+            saved = save_checkpoint(run_dir, step, model, opt, sched, stream, skips, history, cfg.train.keep_checkpoints,
+                                    used)
+            t_ckpt = time.time()
+        if signum is not None:
+            if bar is not None:
+                bar.close()
+            loggers.close()
+            log0(f"[preempted] {signal.Signals(signum).name}: stopped after step {step} of {cfg.train.max_steps}; "
+                 f"checkpoint {saved if rank == 0 else 'written by rank 0'}; continue with --resume "
+                 f"--output-dir {run_dir}")
+            if is_distributed():
+                dist.barrier()  # rank 0's checkpoint is complete before any rank exits
+                dist.destroy_process_group()
+            raise SystemExit(exit_code_for(signum))
         if last:
             break
+    stop.phase = "eval"  # the last step is checkpointed: a signal from here on stops at once
     if bar is not None:
         bar.close()
     train_wall = time.time() - t_train

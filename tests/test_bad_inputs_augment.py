@@ -213,6 +213,17 @@ def test_flip_never_flips_a_sample_whose_caption_names_a_heart_structure() -> No
     assert out == ["Dilated left ventricle.", "Right lower lobe consolidation.", "Right coronary artery stenosis.", "dextroscoliosis"]
 
 
+def test_liver_on_its_own_is_one_unpaired_organ_like_a_liver_lobe() -> None:
+    for text in ("draining the right liver", "Right liver lobe", "left-sided liver", "right lobe of the liver"):
+        assert find_asymmetric_structures(text), text
+    flip = LateralityAwareFlip(p=1.0, generator=0)
+    x = torch.rand(2, 1, 3, 5)
+    y, out = flip(x, ["Catheter draining the right liver.", "Right kidney cyst."])
+    assert flip.flipped().tolist() == [False, True]
+    assert out == ["Catheter draining the right liver.", "Left kidney cyst."] and torch.equal(y[0], x[0])
+    assert find_asymmetric_structures("delivered to the left; liverwort") == []
+
+
 def test_flip_on_real_captions_keeps_heart_structures_and_swaps_the_rest(roco_captions: list[str]) -> None:
     caps = [c for c in roco_captions if find_laterality_words(c)]
     flip = LateralityAwareFlip(p=1.0, generator=0)

@@ -230,3 +230,9 @@ def test_meta_tensors_get_the_backend_registry_message_not_an_item_error() -> No
 def test_unimlip_loss_weights_must_be_a_mapping_of_finite_numbers(weights, err) -> None:
     with pytest.raises(err, match="weight|terms"):
         UniMlipLoss(weights)
+
+
+def test_unimlip_loss_names_a_list_given_for_the_outputs_mapping() -> None:
+    loss = UniMlipLoss()
+    with pytest.raises(TypeError, match=r"UniMlipLoss expects a mapping of model outputs .* got list"):
+        loss([torch.zeros(2, 4), torch.zeros(2, 4)])

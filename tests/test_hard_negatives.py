@@ -224,3 +224,14 @@ def test_gather_drops_rows_without_candidates():
     assert hn.image_rows.numel() == 0 and hn.negative_texts.shape == (0, 3)
     with pytest.raises(ValueError, match="text_inputs\\[0\\]"):
         gather_hard_negatives(x, y, 1.0, text_inputs=[torch.zeros(3, 2)])
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_every_sampler_passes_the_first_use_self_check(name, dtype):
+    # the check that guards the automatic choice of the Triton sampler (unimlip_kit.ops.selfcheck)
+    from unimlip_kit.ops.selfcheck import check_hard_negatives
+
+    if name != "triton" and DEVICE == "cuda":
+        pytest.skip("the check's private generator is a CPU one; only the Triton sampler takes it on CUDA")
+    assert check_hard_negatives(_sampler(name), torch.device(DEVICE), dtype)["rows"] > 0

@@ -143,3 +143,12 @@ def test_mismatched_inputs_raise():
         infonce.contrastive_lse_triton(a, a.double(), torch.tensor(1.0, device=DEVICE))
 
 
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_kernel_passes_its_first_use_self_check(dtype):
+    # the check that guards the automatic choice (unimlip_kit.ops.selfcheck) accepts the real kernel
+    from unimlip_kit.ops.selfcheck import TOLERANCE, check_contrastive_lse
+
+    out = check_contrastive_lse(infonce.contrastive_lse_triton, torch.device(DEVICE), dtype)
+    assert out["max_error"] <= TOLERANCE[dtype]

@@ -20,7 +20,14 @@ from pathlib import Path
 import torch
 
 from unimlip_kit import __version__
-from unimlip_kit.backends import _REGISTRY, _ensure_builtin, backend_names
+from unimlip_kit.backends import (
+    _REGISTRY,
+    SELFCHECK_ENV,
+    _ensure_builtin,
+    backend_names,
+    run_self_check,
+    self_check_enabled,
+)
 
 __all__ = ["collect_info", "main", "tested_versions"]
 
@@ -98,8 +105,29 @@ def collect_info() -> dict:
                 f"{d.type}/{str(t).removeprefix('torch.')}": spec.reasons(d, t) for d, t in _targets()
             }
     tested = tested_versions()
-    return {"versions": versions, "tested": {n: tested.get(_normalize(n)) for n in versions} if tested else {},
+    return {"versions": versions, "self_checks": _self_checks(), "tested": {n: tested.get(_normalize(n)) for n in versions} if tested else {},
             "cuda": torch.cuda.is_available(), "ops": ops}
+
+
+def _self_checks() -> list[dict]:
+    """Each (op, checked backend, target) the automatic choice could use here: run its self-check, or say why not."""
+    out = []
+    for op in sorted(_REGISTRY):
+        for name in backend_names(op):
+            spec = _REGISTRY[op][name]
+            if spec.selfcheck is None:
+                continue
+            for device, dtype in _targets():
+                target = f"{device.type}/{str(dtype).removeprefix('torch.')}"
+                row = {"op": op, "backend": name, "target": target}
+                if device.type not in spec.auto_devices or spec.reasons(device, dtype):
+                    out.append({**row, "state": "not used here", "seconds": None, "detail": ""})
+                elif not self_check_enabled():
+                    out.append({**row, "state": f"off ({SELFCHECK_ENV}=0)", "seconds": None, "detail": ""})
+                else:
+                    check = run_self_check(op, name, device, dtype)
+                    out.append({**row, "state": check.state, "seconds": check.seconds, "detail": check.detail})
+    return out
 
 
 def main() -> None:
@@ -129,6 +157,11 @@ def main() -> None:
             for target, why in per_target.items():
                 state = "runs" if not why else "unavailable: " + "; ".join(why)
                 print(f"  {name:10s} {target:16s} {state}   [auto on: {auto}]")
+    print("\nself-checks of fused backends on first automatic use (run now where they apply):")
+    for c in info["self_checks"]:
+        took = f" in {c['seconds']:.2f} s" if c["seconds"] is not None else ""
+        detail = f": {c['detail']}" if c["detail"] else ""
+        print(f"  {c['op']:18s} {c['backend']:8s} {c['target']:16s} {c['state']}{took}{detail}")
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ ASYMMETRIC_STRUCTURES = (
     "ventricle", "ventricles", "ventricular", "ventriculography", "ventriculogram", "atrium", "atria", "atrial",
     "auricle", "auricular",
     "heart", "coronary", "main coronary", "anterior descending", "circumflex", "bundle branch",
-    "sinus of valsalva", "hepatic", "portal", "liver lobe", "lobe liver", "lobe of liver", "lobe of the liver",
+    "sinus of valsalva", "hepatic", "portal", "liver", "liver lobe", "lobe liver", "lobe of liver", "lobe of the liver",
 )
 # "left main" alone is the left main coronary artery; "left main bronchus"/"main pulmonary artery" are not.
 _ASYM = re.compile(
@@ -86,6 +86,8 @@ def find_asymmetric_structures(text: str) -> List[str]:
         ['left ventricle', 'right-sided heart']
         >>> find_asymmetric_structures("left main disease; left main bronchus; right lobe of the liver")
         ['left main', 'right lobe of the liver']
+        >>> find_asymmetric_structures("drain in the right liver; left lung")
+        ['right liver']
     """
     return [" ".join(m.group(0).lower().split()) for m in _ASYM.finditer(text)]
 

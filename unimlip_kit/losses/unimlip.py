@@ -234,7 +234,15 @@ class UniMlipLoss(nn.Module):
         return {t: self.term_keys(t) for t in self.enabled_terms}
 
     def check_inputs(self, outputs: Mapping[str, Any]) -> None:
-        """Raise :class:`MissingLossInputsError` listing every enabled term with missing keys."""
+        """Raise :class:`MissingLossInputsError` listing every enabled term with missing keys.
+
+        A ``TypeError`` when ``outputs`` is not a mapping (the dict that ``UniMlipModel`` returns).
+        """
+        if not isinstance(outputs, Mapping):
+            raise TypeError(
+                f"UniMlipLoss expects a mapping of model outputs (the dict UniMlipModel(batch) returns, keys such "
+                f"as {sorted({k for ks in self.required_keys().values() for k in ks})[:4]}), got {type(outputs).__name__}"
+            )
         problems = []
         for term, keys in self.required_keys().items():
             missing = [k for k in keys if outputs.get(k) is None]

@@ -133,6 +133,7 @@ class TrainConfig:
     amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 on CUDA, off on CPU (fp16 is not supported)
     log_every: int = 10
     ckpt_every: int = 100
+    ckpt_every_minutes: float | None = None  # also checkpoint when this many minutes passed since the last one
     keep_checkpoints: int = 2
     loggers: list[Literal["csv", "tensorboard", "wandb"]] = field(default_factory=lambda: ["csv"])
     wandb_project: str = "unimlip_kit"
@@ -141,6 +142,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.max_seconds is not None and not self.max_seconds > 0:
             raise ValueError(f"train.max_seconds must be > 0 seconds or None (no budget), got {self.max_seconds}")
+        if self.ckpt_every_minutes is not None and not self.ckpt_every_minutes > 0:
+            raise ValueError(f"train.ckpt_every_minutes must be > 0 minutes or None (steps only), "
+                             f"got {self.ckpt_every_minutes}")
 
 
 def _default_eval() -> EvalConfig:

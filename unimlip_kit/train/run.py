@@ -63,7 +63,8 @@ CHECKPOINTS = "checkpoints"
 
 #: Keys an override given with ``--resume`` may change (``fnmatch`` patterns on dotted keys).
 SAFE_RESUME_KEYS = (
-    "train.max_steps", "train.log_every", "train.ckpt_every", "train.keep_checkpoints", "train.loggers",
+    "train.max_steps", "train.log_every", "train.ckpt_every", "train.ckpt_every_minutes", "train.keep_checkpoints",
+    "train.loggers",
     "train.wandb_project", "progress", "device", "threads", "output_dir", "data.num_workers", "data.cache_dir",
     "data.eval_root", "eval.*",
 )
