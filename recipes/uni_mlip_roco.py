@@ -62,7 +62,7 @@ from unimlip_kit.eval import format_table, read_synthetic_vqa
 from unimlip_kit.losses import DEFAULT_WEIGHTS, UniMlipLoss
 from unimlip_kit.models.hub import Preprocessing
 from unimlip_kit.train.faults import Preemption, RunLock, check_run_layout, exit_code_for
-from unimlip_kit.train import (BatchMaker, Loggers, RecipeConfig, TrainParts, build_optimizer, build_run_model,
+from unimlip_kit.train import (BatchMaker, Loggers, NonFiniteLossError, RecipeConfig, StepOutput, TrainParts, build_optimizer, build_run_model,
                                evaluate_run, find_checkpoint, load_recipe_config, load_run_data, load_run_tokenizer, log0,
                                cosine_with_warmup, parse_recipe_args, plot_losses, prepare_tokenizer, restore_checkpoint,
                                resume_config,
@@ -216,8 +216,33 @@ def train_and_evaluate(cfg: RecipeConfig, ckpt: Path | None, resuming: bool, dev
         sched.lr_lambdas = [lambda s: cosine_with_warmup(max(s, elapsed() / budget * t.max_steps), t.warmup_steps,
                                                          t.max_steps, t.min_lr_ratio)] * len(opt.param_groups)
     every_minutes, t_ckpt = cfg.train.ckpt_every_minutes, time.time()
+    nonfinite_in_a_row, nonfinite_skipped = 0, []
     while step < cfg.train.max_steps:
-        out = train_step(parts, step, stream.next, on_batch=skips.update_from_batch)
+        try:
+            out = train_step(parts, step, stream.next, on_batch=skips.update_from_batch)
+            nonfinite_in_a_row = 0
+        except NonFiniteLossError as err:  # the weights were not updated; every rank raised at the same step
+            nonfinite_in_a_row += 1
+            if cfg.train.on_nonfinite == "stop" or nonfinite_in_a_row >= cfg.train.max_nonfinite_steps:
+                why = ("train.on_nonfinite=stop" if cfg.train.on_nonfinite == "stop" else
+                       f"{nonfinite_in_a_row} non-finite steps in a row (train.max_nonfinite_steps)")
+                saved = None
+                if rank == 0 and used:  # the last good weights (those of step `step`), never as model/
+                    saved = save_checkpoint(run_dir, step, model, opt, sched, stream, skips, history,
+                                            cfg.train.keep_checkpoints, used)
+                log0(f"[non-finite] {err}. Stopped ({why}); the weights of step {step} are in "
+                     f"{saved or find_checkpoint(run_dir) or 'no checkpoint'}; no model/ was written. A lower "
+                     f"train.lr, train.grad_clip or warm-up, or train.on_nonfinite=skip, may help")
+                if bar is not None:
+                    bar.close()
+                loggers.close()
+                if is_distributed():
+                    dist.barrier()  # rank 0's checkpoint is complete before any rank exits
+                raise
+            nonfinite_skipped.append(err.step)
+            sched.step()  # the schedule follows the step count; the optimizer did not step
+            log0(f"[non-finite] {err}: step skipped ({nonfinite_in_a_row} in a row, {len(nonfinite_skipped)} in all)")
+            out = StepOutput()
         pairs_seen += out.pairs
         used.update(out.ids)
         step += 1
@@ -282,7 +307,7 @@ def train_and_evaluate(cfg: RecipeConfig, ckpt: Path | None, resuming: bool, dev
                      "train_pairs_available": len(train_recs) - sum(1 for r in train_recs if r.id in skips),
                      "eval_pairs": evaluation.get("eval_images", 0), "skipped": skips.total,
                      "skipped_detail": skips.to_dict()},
-            "train": {"steps": step, "wall_s": train_wall, "pairs_per_s_this_session": pairs_seen / max(train_wall, 1e-9),
+            "train": {"steps": step, "nonfinite_skipped_steps": nonfinite_skipped, "wall_s": train_wall, "pairs_per_s_this_session": pairs_seen / max(train_wall, 1e-9),
                       "terms": terms, "parameters": n_params, "world_size": world, "device": str(device),
                       "final_losses": history[-1] if history else {}},
             "total_wall_s": time.time() - t_start,

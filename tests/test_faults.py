@@ -175,3 +175,188 @@ def test_under_ddp_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_pa
     # torchrun exits 1 when a worker stops with 143, naming it (the first to exit; it then stops the other)
     assert proc.returncode == 1 and "exitcode  : 143" in stderr
     assert "Timeout" not in stderr and "timed out" not in stderr  # no rank was left waiting in a collective
+
+
+def _finite_weights(ckpt: Path) -> bool:
+    import torch
+    from safetensors.torch import load_file
+
+    return all(bool(torch.isfinite(t).all()) for t in load_file(str(ckpt / "model.safetensors")).values()
+               if t.is_floating_point())
+
+
+def test_a_diverging_run_stops_naming_the_step_term_and_lr_and_keeps_finite_weights(tmp_path, monkeypatch):
+    from recipes import uni_mlip_roco
+
+    from unimlip_kit.train import NonFiniteLossError
+
+    monkeypatch.setenv("UNIMLIP_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError) as caught:
+        uni_mlip_roco.main(TINY + ["--output-dir", str(out), "--max-steps", "30", "train.lr=1e6",
+                                   "train.keep_checkpoints=0"])
+    err = caught.value
+    assert 1 < err.step <= 30 and err.terms and err.lr > 1e3
+    assert str(err).startswith(f"step {err.step}: NaN or infinity in ") and "learning rate 1e+06" in str(err)
+    assert not (out / "model").exists() and not (out / "metrics.json").exists()  # no NaN weights as model/
+    assert _steps(out)[-1] == err.step - 1  # the last good weights, checkpointed
+    assert _finite_weights(out / "checkpoints" / f"step_{err.step - 1:07d}")
+
+
+def test_on_nonfinite_skip_skips_a_bad_step_counts_it_and_trains_on(tmp_path, monkeypatch):
+    from recipes import uni_mlip_roco
+
+    from unimlip_kit.losses import UniMlipLoss
+
+    calls = {"n": 0}
+
+    class NaNOnce(UniMlipLoss):  # the third training step's loss is NaN, as from one bad batch
+        def forward(self, outputs):
+            res = super().forward(outputs)
+            if self.training:
+                calls["n"] += 1
+                if calls["n"] == 3:
+                    return type(res)(res[0] * float("nan"), res[1])
+            return res
+
+    monkeypatch.setattr(uni_mlip_roco, "UniMlipLoss", NaNOnce)
+    monkeypatch.setenv("UNIMLIP_CACHE", str(tmp_path / "cache"))
+    metrics = uni_mlip_roco.main(TINY + ["--output-dir", str(tmp_path / "run"), "--max-steps", "5",
+                                         "train.on_nonfinite=skip", "eval.tasks=[retrieval]"])
+    assert metrics["train"]["steps"] == 5 and metrics["train"]["nonfinite_skipped_steps"] == [3]
+    assert _finite_weights(tmp_path / "run" / "checkpoints" / "step_0000005")
+    with open(tmp_path / "run" / "log.csv") as fh:
+        assert [int(r["step"]) for r in csv.DictReader(fh)] == [1, 2, 4, 5]  # the skipped step logs no losses
+
+
+@pytest.mark.parametrize("where", ["term", "output", "gradient"])
+def test_train_step_never_applies_a_non_finite_update_and_names_where(tmp_path, where):
+    import torch
+
+    from unimlip_kit.data import (ImageTextDataset, StepStream, SyntheticConfig, build_dataloader,
+                                  load_synthetic_records)
+    from unimlip_kit.losses import UniMlipLoss
+    from unimlip_kit.models import UniMlipModel, UniMlipModelConfig
+    from unimlip_kit.text import train_wordpiece_tokenizer
+    from unimlip_kit.train import BatchMaker, NonFiniteLossError, RecipeConfig, TrainParts, build_optimizer, train_step
+
+    recs = load_synthetic_records(SyntheticConfig(n_train=8, n_validation=1, n_test=1, image_size=16), "train",
+                                  cache_dir=tmp_path)
+    tok = train_wordpiece_tokenizer([r.caption for r in recs], vocab_size=80)
+    cfg = RecipeConfig()
+    model = UniMlipModel(UniMlipModelConfig(
+        image_size=16, vision_layers=1, text_layers=1, vision_width=16, text_width=16, vision_heads=2, text_heads=2,
+        fusion_heads=2, embed_dim=8, ssl_dim=8, vocab_size=len(tok), mask_token_id=tok.mask_token_id,
+        special_token_ids=sorted(tok.all_special_ids)))
+    opt, sched = build_optimizer(model, cfg.train)
+
+    class Bad(UniMlipLoss):
+        def loss_itm(self, outputs):
+            value = super().loss_itm(outputs)
+            if where == "term":
+                return value * float("nan")
+            if where == "output":
+                from unimlip_kit.utils.checks import check_finite
+                check_finite(torch.tensor([float("inf")]), "itm_logits")
+            return value
+
+    stream = StepStream(build_dataloader(ImageTextDataset(recs, image_size=16), 4, drop_last=True))
+    parts = TrainParts(model, Bad(), BatchMaker(cfg, tok, torch.device("cpu")), opt, sched, seed=0,
+                       device=torch.device("cpu"))
+    if where == "gradient":  # a finite loss whose gradient is infinite: scale one parameter's gradient by inf
+        p0 = next(model.parameters())
+        p0.register_hook(lambda g: g * float("inf"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(NonFiniteLossError) as caught:
+        train_step(parts, 4, stream.next)
+    err = caught.value
+    assert err.step == 5 and err.lr == sched.get_last_lr()[0]
+    assert err.terms == {"term": ["itm"], "output": ["itm"], "gradient": ["gradient"]}[where]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # no update reached the weights
+    assert all(p.grad is None for p in model.parameters())  # and the gradients are gone
+
+
+def _tiny_run(tmp_path: Path, out: Path, steps: int, *extra: str) -> None:
+    proc = subprocess.run([sys.executable, str(RECIPE), *TINY, "--output-dir", str(out), "--max-steps", str(steps),
+                           "train.ckpt_every=2", "train.keep_checkpoints=0", "eval.tasks=[retrieval]", *extra],
+                          cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+def _resume(tmp_path: Path, out: Path, steps: int, preexec=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(RECIPE), "--resume", "--output-dir", str(out),
+                           f"train.max_steps={steps}"], cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True,
+                          timeout=300, preexec_fn=preexec)
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_naming_it_and_none_valid_names_every_file(tmp_path):
+    out = tmp_path / "run"
+    _tiny_run(tmp_path, out, 4)
+    assert _steps(out) == [2, 4]
+    weights = out / "checkpoints" / "step_0000004" / "model.safetensors"
+    size = weights.stat().st_size
+    os.truncate(weights, size // 2)  # a node died while copying it, or the disk lost the tail
+    resumed = _resume(tmp_path, out, 6)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert f"skipped 1 damaged checkpoint(s), using {out / 'checkpoints' / 'step_0000002'}" in resumed.stderr
+    assert f"{weights} has {size // 2} bytes, the manifest says {size}" in resumed.stderr
+    assert f"[resume] from {out / 'checkpoints' / 'step_0000002'} at step 2" in resumed.stdout
+    assert _steps(out) == [2, 4, 6] and json.loads((out / "metrics.json").read_text())["train"]["steps"] == 6
+    # every checkpoint damaged: the error names each file and its problem, and nothing is overwritten
+    states = {step: out / "checkpoints" / f"step_{step:07d}" / "state.pt" for step in (2, 4, 6)}
+    states[2].write_bytes(os.urandom(states[2].stat().st_size))  # noise of the right size: only the hash tells
+    for step in (4, 6):
+        states[step].write_bytes(os.urandom(4096))
+    failed = _resume(tmp_path, out, 8)
+    assert failed.returncode == 1
+    assert f"CorruptCheckpointError: no valid checkpoint in {out / 'checkpoints'}" in failed.stderr
+    assert f"{states[2]} does not match its SHA-256" in failed.stderr
+    for step in (4, 6):
+        assert f"{states[step]} has 4096 bytes, the manifest says" in failed.stderr
+    assert _steps(out) == [2, 4, 6]
+
+
+def test_a_full_disk_while_checkpointing_names_the_path_and_free_space_and_keeps_the_previous(tmp_path):
+    import resource
+
+    out = tmp_path / "run"
+    _tiny_run(tmp_path, out, 2)
+
+    def small_files():  # a real file-size limit: writes past 200 kB fail with EFBIG, as on a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    failed = _resume(tmp_path, out, 4, preexec=small_files)
+    assert failed.returncode == 1, failed.stdout[-2000:] + failed.stderr[-2000:]
+    line = next(x for x in failed.stderr.splitlines() if x.startswith("unimlip_kit.train.run.CheckpointWriteError"))
+    assert f"writing checkpoint {out / 'checkpoints' / 'step_0000002'}" not in line
+    assert f"writing checkpoint {out / 'checkpoints' / 'step_0000004'} failed: File too large" in line
+    assert "GB free on" in line and f"the previous checkpoint {out / 'checkpoints' / 'step_0000002'} is intact" in line
+    assert _steps(out) == [2] and not list((out / "checkpoints").glob(".tmp-*"))  # nothing half-written left
+    assert not list((out / "checkpoints").glob("step_*/.*.tmp"))
+    resumed = _resume(tmp_path, out, 4)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert _steps(out) == [2, 4]
+
+
+def test_from_pretrained_names_the_file_that_is_cut_or_garbage(tmp_path):
+    from unimlip_kit.models import UniMlipModel, UniMlipModelConfig
+    from unimlip_kit.utils.io import CorruptFileError
+
+    cfg = UniMlipModelConfig(image_size=32, patch_size=8, vision_width=32, text_width=32, vision_layers=1,
+                             text_layers=1, vision_heads=2, text_heads=2, fusion_heads=2, embed_dim=16, ssl_dim=16,
+                             vocab_size=60, mask_token_id=4, special_token_ids=[0, 1, 2, 3, 4])
+    UniMlipModel(cfg).save_pretrained(tmp_path)
+    weights, config = tmp_path / "model.safetensors", tmp_path / "config.json"
+    w, c = weights.read_bytes(), config.read_text()
+    weights.write_bytes(w[: len(w) // 2])
+    with pytest.raises(CorruptFileError, match=rf"{weights} cannot be read as safetensors \({len(w) // 2} bytes\)"):
+        UniMlipModel.from_pretrained(tmp_path)
+    weights.write_bytes(b"not safetensors at all")
+    with pytest.raises(CorruptFileError, match=rf"{weights} cannot be read as safetensors"):
+        UniMlipModel.from_pretrained(tmp_path)
+    weights.write_bytes(w)
+    config.write_text(c[: len(c) // 2])
+    with pytest.raises(CorruptFileError, match=rf"{config} is not valid JSON"):
+        UniMlipModel.from_pretrained(tmp_path)
+    config.write_text(c)
+    assert UniMlipModel.from_pretrained(tmp_path) is not None

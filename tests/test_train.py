@@ -100,7 +100,11 @@ def test_resume_is_a_flag_and_resume_from_names_a_checkpoint(tmp_path):
     assert cfg.train.ckpt_every == 10 and cfg.train.lr == 3e-4 and ckpt is None and resuming  # no checkpoint yet
     step = run / "checkpoints" / "step_0000002"
     step.mkdir(parents=True)
-    (step / "state.pt").write_bytes(b"")
+    (step / "state.pt").write_bytes(b"state")  # a stand-in: its manifest makes it a complete checkpoint
+    import hashlib
+    import json as _json
+    (step / "manifest.json").write_text(_json.dumps({"format": 1, "step": 2, "files": {
+        "state.pt": {"bytes": 5, "sha256": hashlib.sha256(b"state").hexdigest()}}}))
     cfg, ckpt, _ = uni_mlip_roco.parse_args(["--resume", "--output-dir", str(run)])
     assert ckpt == step
     cfg, ckpt, _ = uni_mlip_roco.parse_args(["--resume-from", str(step), "train.max_steps=7"])

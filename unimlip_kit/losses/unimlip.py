@@ -26,7 +26,7 @@ from unimlip_kit.losses.ntxent import nt_xent_loss
 from unimlip_kit.losses.siglip import siglip_loss
 from unimlip_kit.losses.simcse import simcse_loss
 from unimlip_kit.losses.simsiam import simsiam_loss
-from unimlip_kit.utils.checks import check_positive
+from unimlip_kit.utils.checks import NonFiniteError, check_positive
 
 __all__ = ["DEFAULT_WEIGHTS", "MissingLossInputsError", "TERM_KEYS", "UniMlipLoss", "UniMlipOutput"]
 
@@ -301,7 +301,11 @@ class UniMlipLoss(nn.Module):
         terms: dict[str, torch.Tensor] = {}
         for term in enabled:
             fn: Callable[[Mapping[str, Any]], torch.Tensor] = getattr(self, f"loss_{term}")
-            value = fn(outputs)
+            try:
+                value = fn(outputs)
+            except NonFiniteError as err:  # say which term met the NaN (the training step reports it)
+                err.term = term
+                raise
             terms[term] = value.detach()
             weighted = self.weights[term] * value
             total = weighted if total is None else total + weighted

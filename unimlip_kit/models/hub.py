@@ -238,6 +238,18 @@ class UniMlipHubMixin(
 
     #: The caption tokenizer saved with the model (a transformers tokenizer), or None.
     tokenizer: Any = None
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *args: Any, **kwargs: Any) -> Any:
+        """huggingface_hub's ``from_pretrained``; a local folder's ``config.json`` is read first, so that a file cut
+        in half fails naming itself (the mixin's own ``json.load`` would not). Example: the class docstring.
+        """
+        local = Path(str(pretrained_model_name_or_path))
+        if local.is_dir() and (local / CONFIG_NAME).is_file():
+            from unimlip_kit.utils.io import load_json
+
+            load_json(local / CONFIG_NAME)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
     #: How inputs are prepared (:class:`Preprocessing`); None means :meth:`Preprocessing.from_config`.
     preprocessing: Preprocessing | None = None
 
@@ -309,7 +321,10 @@ class UniMlipHubMixin(
         strict: bool = True,
         **model_kwargs: Any,
     ) -> Any:
+        from safetensors import SafetensorError
         from safetensors.torch import load_model
+
+        from unimlip_kit.utils.io import CorruptFileError, load_json
 
         download = dict(revision=revision, cache_dir=cache_dir, force_download=force_download,
                         local_files_only=local_files_only, token=token)
@@ -321,7 +336,7 @@ class UniMlipHubMixin(
         config_file = folder / CONFIG_NAME
         if not config_file.is_file():
             raise FileNotFoundError(f"{folder} has no {CONFIG_NAME}: not a folder written by save_pretrained")
-        raw = json.loads(config_file.read_text())
+        raw = load_json(config_file)  # CorruptFileError naming the file when it is cut or not JSON
         version = int(raw.get("format_version", 1))
         if version > FORMAT_VERSION:
             raise ValueError(f"{folder} was written with folder format {version}; this unimlip_kit reads up to "
@@ -342,6 +357,9 @@ class UniMlipHubMixin(
             raise FileNotFoundError(f"{folder} has no {WEIGHTS_NAME}")
         try:
             missing, unexpected = load_model(model, str(weights), strict=False, device=str(map_location))
+        except SafetensorError as err:  # truncated, garbage, not a safetensors file
+            raise CorruptFileError(f"{weights} cannot be read as safetensors ({weights.stat().st_size} bytes): "
+                                   f"{err}") from None
         except RuntimeError as err:  # shape mismatches
             raise ValueError(f"{weights} does not match the model built from {CONFIG_NAME}: {err}") from None
         if strict and (missing or unexpected):
@@ -349,7 +367,7 @@ class UniMlipHubMixin(
                              f"missing {sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}")
         pp_file = folder / PREPROCESSOR_NAME
         if pp_file.is_file():
-            model.preprocessing = Preprocessing.from_dict(json.loads(pp_file.read_text()))
+            model.preprocessing = Preprocessing.from_dict(load_json(pp_file))
         if (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file():
             from transformers import AutoTokenizer
 

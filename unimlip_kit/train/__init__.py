@@ -21,21 +21,25 @@ from unimlip_kit.train.device import log0, resolve_device, setup_distributed
 from unimlip_kit.train.evaluation import RunData, evaluate_run, evaluate_run_folder, load_records, load_run_data
 from unimlip_kit.train.optim import build_optimizer, cosine_with_warmup, default_no_decay, param_groups
 from unimlip_kit.train.report import Loggers, plot_losses, summary_table, write_csv
-from unimlip_kit.train.run import (SAFE_RESUME_KEYS, ResumeError, build_run_model, find_checkpoint, find_weights,
+from unimlip_kit.train.run import (SAFE_RESUME_KEYS, CheckpointWriteError, CorruptCheckpointError, ResumeError,
+                                   build_run_model, find_checkpoint, find_weights, verify_checkpoint,
                                    load_recipe_config, load_run, load_run_config, load_run_tokenizer, prepare_tokenizer,
                                    restore_checkpoint, resume_config, save_backbones, save_checkpoint, save_run_config)
-from unimlip_kit.train.step import StepOutput, TrainParts, train_step, use_bf16
+from unimlip_kit.train.step import NonFiniteLossError, StepOutput, TrainParts, train_step, use_bf16
 from unimlip_kit.train.views import VIEW_PRESETS, BatchMaker
 
 __all__ = [
     "AugmentConfig",
     "BatchMaker",
+    "CheckpointWriteError",
+    "CorruptCheckpointError",
     "DataConfig",
     "FLAGS",
     "Flag",
     "LOGGERS",
     "Loggers",
     "LossConfig",
+    "NonFiniteLossError",
     "ParsedArgs",
     "RecipeConfig",
     "ResumeError",
@@ -74,5 +78,6 @@ __all__ = [
     "summary_table",
     "train_step",
     "use_bf16",
+    "verify_checkpoint",
     "write_csv",
 ]

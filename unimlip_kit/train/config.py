@@ -138,10 +138,17 @@ class TrainConfig:
     loggers: list[Literal["csv", "tensorboard", "wandb"]] = field(default_factory=lambda: ["csv"])
     wandb_project: str = "unimlip_kit"
     max_seconds: float | None = None  # training wall-time budget (None: max_steps only); see the docstring
+    # A NaN/inf loss term, model output or gradient (never applied to the weights): "stop" (checkpoint the
+    # last good weights, then raise naming the step, term and lr) or "skip" the step, stopping after
+    # max_nonfinite_steps such steps in a row.
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    max_nonfinite_steps: int = 3
 
     def __post_init__(self) -> None:
         if self.max_seconds is not None and not self.max_seconds > 0:
             raise ValueError(f"train.max_seconds must be > 0 seconds or None (no budget), got {self.max_seconds}")
+        if self.max_nonfinite_steps < 1:
+            raise ValueError(f"train.max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
         if self.ckpt_every_minutes is not None and not self.ckpt_every_minutes > 0:
             raise ValueError(f"train.ckpt_every_minutes must be > 0 minutes or None (steps only), "
                              f"got {self.ckpt_every_minutes}")

@@ -7,7 +7,8 @@ Layout (``output_dir``)::
     backbones.json                 the towers' transformers classes and configs, when a tower came from
                                    image_model / text_model (the run never needs that folder again)
     checkpoints/step_<n>/          model.safetensors + state.pt (optimizer, scheduler, RNG, data position,
-                                   skips, history); state.pt is written last and marks a complete checkpoint
+                                   skips, history) + manifest.json (each file's size and SHA-256), written
+                                   in a hidden folder and renamed into place: only complete ones exist
     log.csv, loss_curves.png, metrics.json, summary.md, model/ (UniMlipModel.save_pretrained)
 
 :func:`load_run` rebuilds ``(model, tokenize, config)`` from the folder alone, on any machine.
@@ -21,9 +22,12 @@ more steps, logging and checkpoint cadence, workers, device, evaluation settings
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import os
+import shutil
+import warnings
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -34,9 +38,11 @@ from torch import nn
 
 from unimlip_kit.train.config import RecipeConfig
 from unimlip_kit.utils.config import apply_overrides, config_from_dict, config_to_dict, load_config, save_config
-from unimlip_kit.utils.io import atomic_write
+from unimlip_kit.utils.io import CorruptFileError, atomic_write, load_json, load_safetensors, load_torch
 
 __all__ = [
+    "CheckpointWriteError",
+    "CorruptCheckpointError",
     "DERIVED_KEYS",
     "ResumeError",
     "SAFE_RESUME_KEYS",
@@ -54,12 +60,15 @@ __all__ = [
     "save_backbones",
     "save_checkpoint",
     "save_run_config",
+    "verify_checkpoint",
 ]
 
 CONFIG = "config.yaml"
 TOKENIZER = "tokenizer"
 BACKBONES = "backbones.json"
 CHECKPOINTS = "checkpoints"
+MANIFEST = "manifest.json"
+CHECKPOINT_FILES = ("model.safetensors", "state.pt")
 
 #: Keys an override given with ``--resume`` may change (``fnmatch`` patterns on dotted keys).
 SAFE_RESUME_KEYS = (
@@ -347,17 +356,100 @@ def build_run_model(cfg: Any, run_dir: str | Path | None = None) -> nn.Module:
 # ----------------------------------------------------------------------------- checkpoints
 
 
+class CheckpointWriteError(OSError):
+    """Writing a checkpoint failed (a full disk, a file-size limit, a permission); the message names the path,
+    the error and the free space, and the previous checkpoint is left as it was.
+
+    Example:
+        >>> str(CheckpointWriteError("writing runs/x/checkpoints/step_0000004 failed: ..."))
+        'writing runs/x/checkpoints/step_0000004 failed: ...'
+    """
+
+
+class CorruptCheckpointError(RuntimeError):
+    """No checkpoint of a run can be trusted; the message names every file and what is wrong with it.
+
+    Example:
+        >>> str(CorruptCheckpointError("no valid checkpoint in runs/x/checkpoints: ..."))
+        'no valid checkpoint in runs/x/checkpoints: ...'
+    """
+
+
 def _complete(run_dir: Path) -> list[Path]:
-    return sorted(p for p in (run_dir / CHECKPOINTS).glob("step_*") if (p / "state.pt").is_file())
+    """Step folders with a manifest (or, written before manifests, a ``state.pt``), oldest first."""
+    return sorted(p for p in (run_dir / CHECKPOINTS).glob("step_*")
+                  if p.is_dir() and ((p / MANIFEST).is_file() or (p / "state.pt").is_file()))
+
+
+def _clean_stray(folder: Path) -> None:
+    """Remove what an interrupted checkpoint write left: hidden ``.tmp-step_*`` folders and ``.*.tmp`` files."""
+    if not folder.is_dir():
+        return
+    for stray in folder.glob(".tmp-step_*"):
+        shutil.rmtree(stray, ignore_errors=True)
+    for stray in folder.glob("step_*/.*.tmp"):
+        stray.unlink(missing_ok=True)
+
+
+def verify_checkpoint(ckpt: str | Path) -> list[str]:
+    """What is wrong with a checkpoint folder (empty: nothing): files missing, of the wrong size or hash.
+
+    With a manifest every file's size and SHA-256 are compared; a checkpoint written before manifests is
+    checked by reading both files.
+
+    Example:
+        >>> verify_checkpoint("/no/such/step_0000001")
+        ['/no/such/step_0000001/manifest.json is missing (and there is no state.pt)']
+    """
+    ckpt = Path(ckpt)
+    if not (ckpt / MANIFEST).is_file():
+        if not (ckpt / "state.pt").is_file():
+            return [f"{ckpt / MANIFEST} is missing (and there is no state.pt)"]
+        problems = []
+        for name, read in (("model.safetensors", load_safetensors), ("state.pt", load_torch)):
+            try:
+                read(ckpt / name)
+            except (CorruptFileError, FileNotFoundError) as err:
+                problems.append(str(err))
+        return problems
+    try:
+        manifest = load_json(ckpt / MANIFEST)
+        files = manifest["files"]
+    except (CorruptFileError, KeyError, TypeError) as err:
+        return [f"{ckpt / MANIFEST} is unreadable: {err}"]
+    problems = []
+    for name, want in files.items():
+        path = ckpt / name
+        if not path.is_file():
+            problems.append(f"{path} is missing")
+            continue
+        size = path.stat().st_size
+        if size != want["bytes"]:
+            problems.append(f"{path} has {size} bytes, the manifest says {want['bytes']} (truncated or rewritten)")
+        elif _sha256(path) != want["sha256"]:
+            problems.append(f"{path} does not match its SHA-256 in the manifest (changed after it was written)")
+    return problems
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
                     stream: Any, skips: Any, history: list[dict[str, float]], keep: int, used: Iterable[str]) -> Path:
-    """``checkpoints/step_<n>/``: safetensors weights + ``state.pt``; written atomically, then the old ones pruned.
+    """``checkpoints/step_<n>/``: safetensors weights, ``state.pt`` and a manifest; complete or absent, then pruned.
 
     ``state.pt`` holds the optimizer and scheduler, the torch/CUDA RNG, the data position
     (``stream.position()``), the skip counts, the logged history and the ids of the pairs used so far;
-    it is written last, so its presence marks a complete checkpoint. The newest ``keep`` survive (0: all).
+    ``manifest.json`` each file's size and SHA-256. All three are written in a hidden folder that is renamed
+    to ``step_<n>`` only when complete, so no half-written checkpoint ever looks like the newest. A failed
+    write (a full disk, a file-size limit) removes the hidden folder and raises
+    :class:`CheckpointWriteError` naming the path and the free space; the older checkpoints are untouched.
+    The newest ``keep`` survive (0: all).
 
     Example:
         >>> import tempfile
@@ -373,13 +465,16 @@ def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module, opt: torch
         >>> ckpts = [save_checkpoint(d, s, model, opt, sched, Stream(), SkipCounter(), [], 2, ["a"]) for s in (1, 2, 3)]
         >>> [p.name for p in sorted((d / "checkpoints").iterdir())], find_checkpoint(d) == ckpts[-1]
         (['step_0000002', 'step_0000003'], True)
+        >>> sorted(p.name for p in ckpts[-1].iterdir()), verify_checkpoint(ckpts[-1])
+        (['manifest.json', 'model.safetensors', 'state.pt'], [])
         >>> state = restore_checkpoint(ckpts[-1], model, opt, sched); state["step"], state["data"], state["used_pairs"]
         (3, {'epoch': 0, 'batches_done': 3}, ['a'])
     """
     from safetensors.torch import save
 
     run_dir = Path(run_dir)
-    ckpt = run_dir / CHECKPOINTS / f"step_{step:07d}"
+    folder = run_dir / CHECKPOINTS
+    ckpt = folder / f"step_{step:07d}"
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     state = {
         "step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "data": stream.position(),
@@ -388,18 +483,44 @@ def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module, opt: torch
     }
     buf = io.BytesIO()
     torch.save(state, buf)
-    atomic_write(ckpt / "model.safetensors", save(tensors))
-    atomic_write(ckpt / "state.pt", buf.getvalue())  # written last: its presence marks a complete checkpoint
+    blobs = {"model.safetensors": save(tensors), "state.pt": buf.getvalue()}
+    manifest = {"format": 1, "step": step,
+                "files": {n: {"bytes": len(b), "sha256": hashlib.sha256(b).hexdigest()} for n, b in blobs.items()}}
+    _clean_stray(folder)
+    tmp = folder / f".tmp-{ckpt.name}-{os.getpid()}"
+    try:
+        for name, blob in blobs.items():
+            atomic_write(tmp / name, blob)
+        atomic_write(tmp / MANIFEST, json.dumps(manifest, indent=1) + "\n")  # last: the folder is complete
+        if ckpt.exists():  # the same step saved again (e.g. before stopping on a NaN): swap, never half-replace
+            old = folder / f".tmp-{ckpt.name}-{os.getpid()}-old"
+            os.replace(ckpt, old)
+            os.replace(tmp, ckpt)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, ckpt)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            free = f"{shutil.disk_usage(folder).free / 1e9:.2f} GB free on {folder}"
+        except OSError:
+            free = "free space unknown"
+        done = _complete(run_dir)
+        previous = f"the previous checkpoint {done[-1]} is intact" if done else "there is no earlier checkpoint"
+        raise CheckpointWriteError(
+            f"writing checkpoint {ckpt} failed: {err.strerror or err}"
+            f"{f' ({err.filename})' if getattr(err, 'filename', None) else ''}; {free}; {previous}") from err
     done = _complete(run_dir)
-    for old in done[:-keep] if keep > 0 else []:
-        for f in old.iterdir():
-            f.unlink()
-        old.rmdir()
+    for stale in done[:-keep] if keep > 0 else []:
+        shutil.rmtree(stale, ignore_errors=True)
     return ckpt
 
 
 def find_checkpoint(run_dir: str | Path, which: str | Path = "latest") -> Path | None:
-    """The newest complete checkpoint of ``run_dir`` (``which="latest"``, ``None`` if there is none) or the folder ``which``.
+    """The newest valid checkpoint of ``run_dir`` (``which="latest"``; ``None`` if there is none) or the folder ``which``.
+
+    A damaged newest checkpoint (:func:`verify_checkpoint`) is skipped with a warning naming it; when every
+    one is damaged, :class:`CorruptCheckpointError` names each file and its problem.
 
     Example:
         >>> import tempfile
@@ -408,16 +529,31 @@ def find_checkpoint(run_dir: str | Path, which: str | Path = "latest") -> Path |
     """
     if str(which) != "latest":
         path = Path(which)
-        if not (path / "state.pt").is_file():
-            raise FileNotFoundError(f"{path} is not a complete checkpoint (no state.pt): pass a checkpoints/step_* folder "
-                                    f"or a run folder")
+        if not ((path / MANIFEST).is_file() or (path / "state.pt").is_file()):
+            raise FileNotFoundError(f"{path} is not a complete checkpoint (no manifest.json or state.pt): pass a "
+                                    f"checkpoints/step_* folder or a run folder")
+        problems = verify_checkpoint(path)
+        if problems:
+            raise CorruptCheckpointError(f"checkpoint {path} is damaged: " + "; ".join(problems))
         return path
-    done = _complete(Path(run_dir))
-    return done[-1] if done else None
+    run_dir = Path(run_dir)
+    _clean_stray(run_dir / CHECKPOINTS)
+    damaged = []
+    for ckpt in reversed(_complete(run_dir)):
+        problems = verify_checkpoint(ckpt)
+        if not problems:
+            if damaged:
+                warnings.warn(f"skipped {len(damaged)} damaged checkpoint(s), using {ckpt}: " + " | ".join(damaged),
+                              RuntimeWarning, stacklevel=2)
+            return ckpt
+        damaged.append(f"{ckpt.name}: " + "; ".join(problems))
+    if damaged:
+        raise CorruptCheckpointError(f"no valid checkpoint in {run_dir / CHECKPOINTS}: " + " | ".join(damaged))
+    return None
 
 
 def find_weights(run_dir: str | Path, checkpoint: str | Path | None = None) -> Path:
-    """``model.safetensors`` of ``checkpoint`` (a folder or file) or of the run's last checkpoint.
+    """``model.safetensors`` of ``checkpoint`` (a folder or file) or of the run's newest valid checkpoint.
 
     Example:
         >>> import tempfile
@@ -430,10 +566,10 @@ def find_weights(run_dir: str | Path, checkpoint: str | Path | None = None) -> P
         p = Path(checkpoint)
         return p / "model.safetensors" if p.is_dir() else p
     run_dir = Path(run_dir)
-    done = sorted(p for p in (run_dir / CHECKPOINTS).glob("step_*") if (p / "model.safetensors").is_file())
-    if not done:
+    ckpt = find_checkpoint(run_dir)
+    if ckpt is None:
         raise FileNotFoundError(f"no checkpoint with model.safetensors under {run_dir / CHECKPOINTS}")
-    return done[-1] / "model.safetensors"
+    return ckpt / "model.safetensors"
 
 
 def restore_checkpoint(ckpt: str | Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
@@ -449,13 +585,11 @@ def restore_checkpoint(ckpt: str | Path, model: nn.Module, opt: torch.optim.Opti
         ...
         FileNotFoundError: /no/such/checkpoint is not a complete checkpoint (no state.pt)
     """
-    from safetensors.torch import load_file
-
     ckpt = Path(ckpt)
     if not (ckpt / "state.pt").is_file():
         raise FileNotFoundError(f"{ckpt} is not a complete checkpoint (no state.pt)")
-    model.load_state_dict(load_file(str(ckpt / "model.safetensors"), device=str(device)))
-    state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
+    model.load_state_dict(load_safetensors(ckpt / "model.safetensors", device=str(device)))
+    state = load_torch(ckpt / "state.pt")
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"]["torch"])
@@ -491,12 +625,10 @@ def load_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, devic
         >>> torch.equal(loaded.encode_text(**t), model.eval().encode_text(**t)), rcfg.model.vocab_size == len(tok)
         (True, True)
     """
-    from safetensors.torch import load_file
-
     run_dir = Path(run_dir)
     rcfg = load_run_config(run_dir)
     model = build_run_model(rcfg.model, run_dir)
-    model.load_state_dict(load_file(str(find_weights(run_dir, checkpoint)), device="cpu"))
+    model.load_state_dict(load_safetensors(find_weights(run_dir, checkpoint), device="cpu"))
     model.to(device).eval()
     tok = load_run_tokenizer(run_dir, rcfg)
     max_len = rcfg.model.max_text_len

@@ -12,6 +12,12 @@
 
 then clips the global gradient norm, steps AdamW and the schedule and zeroes the gradients.
 
+Non-finite values never reach the weights: a NaN or infinity in a model output or a loss term (checked for
+every term at every micro-batch, agreed across ranks before the backward so no rank is left in a
+collective), or in the gradient norm, raises :class:`NonFiniteLossError` naming the step, the term and the
+learning rate, with the gradients zeroed and the optimizer not stepped (the recipe's ``train.on_nonfinite``
+then stops or skips the step).
+
 With ``grad_accum > 1`` and ``accumulation="gradcache"`` (the default, ``train.accumulation``) the
 usable micro-batches are instead made first (their views built on the CPU, moved to the device one
 at a time) and handed to :func:`~unimlip_kit.gradcache.grad_cache_step` (Gao et al. 2021): every
@@ -36,10 +42,32 @@ from torch import nn
 
 from unimlip_kit.data import group_ids_from_keys, regroup_after_flip
 from unimlip_kit.gradcache import grad_cache_step
+from unimlip_kit.losses import DEFAULT_WEIGHTS
 from unimlip_kit.train.views import BatchMaker
 from unimlip_kit.utils import derive_seed
+from unimlip_kit.utils.checks import NonFiniteError
 
-__all__ = ["StepOutput", "TrainParts", "train_step", "use_bf16"]
+__all__ = ["NonFiniteLossError", "StepOutput", "TrainParts", "train_step", "use_bf16"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A step met NaN or infinity; the weights were not updated. Names the step, the terms and the learning rate.
+
+    Attributes: ``step`` (1-based, the step that failed), ``terms`` (the loss terms, or ``["gradient"]``),
+    ``what`` (the tensor or quantity), ``lr``.
+
+    Example:
+        >>> str(NonFiniteLossError(3, ["itm"], "logits contains NaN or infinite values", 0.5))
+        'step 3: NaN or infinity in the loss term itm (logits contains NaN or infinite values) at learning rate 0.5; the weights were not updated'
+    """
+
+    def __init__(self, step: int, terms: list[str], what: str, lr: float) -> None:
+        self.step, self.terms, self.what, self.lr = step, list(terms), what, lr
+        named = [t for t in self.terms if t in DEFAULT_WEIGHTS]
+        where = (f"the loss term{'s' if len(named) > 1 else ''} {', '.join(named)}" if named and len(named) == len(self.terms)
+                 else f"the {', '.join(self.terms)}" if self.terms in (["gradient"], ["total"]) else ", ".join(self.terms))
+        super().__init__(f"step {step}: NaN or infinity in {where} ({what}) at learning rate {lr:.3g}; "
+                         f"the weights were not updated")
 
 
 def use_bf16(amp: str, device: torch.device) -> bool:
@@ -155,8 +183,14 @@ def train_step(parts: TrainParts, step: int, next_batch: Callable[[], dict[str, 
     out = StepOutput(losses=acc)
     n = parts.grad_accum
     if n > 1 and parts.accumulation == "gradcache":
-        _grad_cache(parts, step, next_batch, on_batch, out)
-        _optimizer_step(parts)
+        try:
+            _grad_cache(parts, step, next_batch, on_batch, out)
+        except NonFiniteError as err:
+            _fail(parts, step, [err.term] if err.term else ["the model's forward"], str(err))
+        bad = [k for k, v in out.losses.items() if k != "total" and not _finite(v)]
+        if bad or ("total" in out.losses and not _finite(out.losses["total"])):
+            _fail(parts, step, bad or ["total"], "the loss is NaN or infinite")
+        _optimizer_step(parts, step)
         return out
     distributed = parts.world_size > 1 and dist.is_initialized()
     for micro in range(n):
@@ -173,20 +207,54 @@ def train_step(parts: TrainParts, step: int, next_batch: Callable[[], dict[str, 
         sync = micro == n - 1 or not distributed
         ctx = parts.train_model.no_sync() if not sync else contextlib.nullcontext()
         with ctx, torch.autocast(parts.device.type, dtype=torch.bfloat16, enabled=parts.bf16):
-            outputs = parts.train_model(batch, parts.terms, generator=parts.generator)
-            total, terms = parts.loss_fn(outputs)
+            problem: tuple[list[str], str] | None = None
+            try:
+                outputs = parts.train_model(batch, parts.terms, generator=parts.generator)
+                total, terms = parts.loss_fn(outputs)
+            except NonFiniteError as err:  # a model output, a scale or logits held NaN/inf: the term says which
+                problem = ([err.term] if err.term else ["the model's forward"], str(err))
+            else:  # every term, one device sync
+                values = torch.stack([total.detach().float().reshape(())] + [v.float().reshape(()) for v in terms.values()])
+                if not bool(torch.isfinite(values).all()):
+                    bad = [k for k, v in zip(terms, values[1:].tolist()) if not _finite(v)]
+                    problem = (bad or ["total"], "the loss is NaN or infinite")
+            if _any_rank(problem is not None, parts):  # every rank stops here together, before the backward
+                _fail(parts, step, *(problem or (["on another rank"], "a non-finite loss on another rank")))
             (total / n).backward()
         out.pairs += len(raw["ids"]) * parts.world_size
         out.ids.extend(raw["ids"])
         for k, v in {"total": total.detach(), **terms}.items():
             acc[k] = acc.get(k, 0.0) + float(v) / n
-    _optimizer_step(parts)
+    _optimizer_step(parts, step)
     return out
 
 
-def _optimizer_step(parts: TrainParts) -> None:
-    if parts.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(parts.model.parameters(), parts.grad_clip)
+def _finite(v: float) -> bool:
+    return v == v and abs(v) != float("inf")
+
+
+def _any_rank(flag: bool, parts: TrainParts) -> bool:
+    """``flag`` OR-ed over ranks (one all-reduce under DDP)."""
+    if parts.world_size > 1 and dist.is_initialized():
+        t = torch.tensor([int(flag)], device=parts.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+    return flag
+
+
+def _fail(parts: TrainParts, step: int, terms: list[str], what: str) -> None:
+    """Zero the gradients (the optimizer never sees them) and raise :class:`NonFiniteLossError` for ``step``."""
+    if parts.optimizer is not None:
+        parts.optimizer.zero_grad(set_to_none=True)
+    lr = parts.scheduler.get_last_lr()[0] if parts.scheduler is not None else float("nan")
+    raise NonFiniteLossError(step + 1, terms, what, lr)
+
+
+def _optimizer_step(parts: TrainParts, step: int) -> None:
+    # the norm is taken even without clipping (max_norm=inf): a NaN/inf gradient must not reach the weights
+    norm = torch.nn.utils.clip_grad_norm_(parts.model.parameters(), parts.grad_clip if parts.grad_clip > 0 else float("inf"))
+    if not bool(torch.isfinite(norm)):  # DDP and gradient caching all-reduce the gradients: every rank agrees
+        _fail(parts, step, ["gradient"], f"the gradient norm is {float(norm)}")
     parts.optimizer.step()
     parts.scheduler.step()
     parts.optimizer.zero_grad(set_to_none=True)

@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 
 __all__ = [
+    "NonFiniteError",
     "check_embeddings",
     "check_finite",
     "check_paired",
@@ -21,20 +22,37 @@ __all__ = [
 ]
 
 
+class NonFiniteError(ValueError):
+    """A tensor held NaN or infinity; ``name`` says which (``term`` is set by ``UniMlipLoss`` to the term).
+
+    A ``ValueError``, so code that caught those still does; the training step turns it into an error that
+    names the step, the term and the learning rate (``unimlip_kit.train.NonFiniteLossError``).
+
+    Example:
+        >>> err = NonFiniteError("logits contains NaN", name="logits"); isinstance(err, ValueError), err.name
+        (True, 'logits')
+    """
+
+    def __init__(self, message: str, *, name: str) -> None:
+        super().__init__(message)
+        self.name = name
+        self.term: str | None = None
+
+
 def check_finite(x: torch.Tensor, name: str) -> None:
-    """Raise ``ValueError`` if ``x`` holds NaN or infinity.
+    """Raise :class:`NonFiniteError` (a ``ValueError``) if ``x`` holds NaN or infinity.
 
     Example:
         >>> check_finite(torch.ones(2, 3), "image_emb")
         >>> check_finite(torch.tensor([1.0, float("nan")]), "image_emb")
         Traceback (most recent call last):
         ...
-        ValueError: image_emb contains NaN or infinite values (shape (2,))
+        unimlip_kit.utils.checks.NonFiniteError: image_emb contains NaN or infinite values (shape (2,))
     """
     if x.device.type == "meta":  # no values to check; the backend registry reports what runs on "meta"
         return
     if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or infinite values (shape {tuple(x.shape)})")
+        raise NonFiniteError(f"{name} contains NaN or infinite values (shape {tuple(x.shape)})", name=name)
 
 
 def check_embeddings(x: torch.Tensor, name: str, *, finite: bool = True) -> None:
@@ -130,8 +148,12 @@ def as_scale_tensor(scale: float | torch.Tensor, like: torch.Tensor, name: str =
         s = scale.reshape(())
         if s.device.type == "meta":
             return s.to(like.device) if like.device.type == "meta" else s
-        if not bool(torch.isfinite(s.detach())) or float(s.detach()) <= 0:
-            raise ValueError(f"{name} must be finite and > 0, got {float(s.detach())}")
+        v = float(s.detach())
+        if not bool(torch.isfinite(s.detach())) or v == 0:  # 0: exp of a diverged log-scale underflowed
+            raise NonFiniteError(f"{name} must be finite and > 0, got {v}" + (" (an exp underflow?)" if v == 0 else ""),
+                                 name=name)
+        if v < 0:
+            raise ValueError(f"{name} must be finite and > 0, got {v}")
         return s.to(like.device)
     check_positive(scale, name)
     dtype = torch.float64 if like.dtype == torch.float64 else torch.float32

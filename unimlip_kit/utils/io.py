@@ -17,7 +17,17 @@ from typing import Any
 
 # git_commit (a helper of run_metadata)
 # stay importable from this module but are not public API.
-__all__ = ["atomic_write", "load_json", "run_metadata", "save_json"]
+__all__ = ["CorruptFileError", "atomic_write", "load_json", "load_safetensors", "load_torch", "run_metadata",
+           "save_json"]
+
+
+class CorruptFileError(ValueError):
+    """A file is there but cannot be read as what it should be; the message names the file and the problem.
+
+    Example:
+        >>> str(CorruptFileError("/r/config.json is not valid JSON: Expecting value (line 1)"))
+        '/r/config.json is not valid JSON: Expecting value (line 1)'
+    """
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
@@ -59,15 +69,69 @@ def save_json(path: str | os.PathLike, obj: Any, *, indent: int = 2) -> Path:
 
 
 def load_json(path: str | os.PathLike) -> Any:
-    """Read a JSON file.
+    """Read a JSON file; :class:`CorruptFileError` naming the file if it is not valid JSON (e.g. cut in half).
 
     Example:
         >>> import tempfile, os
         >>> load_json(save_json(os.path.join(tempfile.mkdtemp(), "r.json"), [1]))
         [1]
+        >>> load_json(atomic_write(os.path.join(tempfile.mkdtemp(), "half.json"), '{"a": [1, 2'))
+        Traceback (most recent call last):
+        ...
+        unimlip_kit.utils.io.CorruptFileError: .../half.json is not valid JSON (11 bytes): Expecting ',' delimiter: line 1 column 12 (char 11)
     """
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+    raw = Path(path).read_bytes()
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CorruptFileError(f"{path} is not valid JSON ({len(raw)} bytes): {err}") from None
+
+
+def load_safetensors(path: str | os.PathLike, device: str = "cpu") -> dict[str, Any]:
+    """The tensors of a ``.safetensors`` file; :class:`CorruptFileError` naming it if it is truncated or not one.
+
+    Example:
+        >>> import tempfile, os
+        >>> load_safetensors(atomic_write(os.path.join(tempfile.mkdtemp(), "model.safetensors"), b"garbage!"))
+        Traceback (most recent call last):
+        ...
+        unimlip_kit.utils.io.CorruptFileError: .../model.safetensors cannot be read as safetensors (8 bytes): ...
+    """
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device=device)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own SafetensorError, not an OSError
+        raise CorruptFileError(f"{path} cannot be read as safetensors ({_size(path)}): {err}") from None
+
+
+def load_torch(path: str | os.PathLike) -> Any:
+    """``torch.load`` of a file we wrote (weights_only=False); :class:`CorruptFileError` naming it if unreadable.
+
+    Example:
+        >>> import tempfile, os
+        >>> load_torch(atomic_write(os.path.join(tempfile.mkdtemp(), "state.pt"), b"noise" * 10))
+        Traceback (most recent call last):
+        ...
+        unimlip_kit.utils.io.CorruptFileError: .../state.pt cannot be read by torch.load (50 bytes): ...
+    """
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # noqa: BLE001 - pickle and zip errors of every kind
+        raise CorruptFileError(f"{path} cannot be read by torch.load ({_size(path)}): {type(err).__name__}: {err}") from None
+
+
+def _size(path: str | os.PathLike) -> str:
+    try:
+        return f"{os.path.getsize(path)} bytes"
+    except OSError:
+        return "size unknown"
 
 
 def _default(o: Any) -> Any:
