@@ -360,3 +360,35 @@ def test_from_pretrained_names_the_file_that_is_cut_or_garbage(tmp_path):
         UniMlipModel.from_pretrained(tmp_path)
     config.write_text(c)
     assert UniMlipModel.from_pretrained(tmp_path) is not None
+
+
+def test_a_shard_cut_short_under_ddp_keeps_every_rank_in_step_and_counts_every_lost_sample(tmp_path):
+    import warnings
+
+    from unimlip_kit.data import SyntheticConfig, build_synthetic_dataset, read_roco, write_shards
+    from unimlip_kit.data import shards as shards_mod
+    from unimlip_kit.train import RecipeConfig
+    from unimlip_kit.utils import load_config
+
+    syn = load_config(RecipeConfig, ROOT / "recipes" / "configs" / "tiny.yaml").data.synthetic
+    roco = build_synthetic_dataset(syn, tmp_path / "cache")
+    shards = tmp_path / "shards"
+    write_shards(read_roco(roco, "train"), shards, max_per_shard=10)  # 5 shards, 48 samples
+    victim = shards / "shard-000001.tar"
+    os.truncate(victim, victim.stat().st_size // 2)  # the index is left as written, as after a failed copy
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lost = 10 - shards_mod._count_samples(str(victim))  # the samples no reader can get back
+    assert 0 < lost < 10
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(RECIPE), *TINY,
+           "--data-root", str(shards), f"data.eval_root={roco}", "--max-steps", "4", "--output-dir", str(out),
+           "eval.tasks=[retrieval]"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "truncated; keeping its indexed 10 samples" in proc.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["train"]["world_size"] == 2 and metrics["train"]["steps"] == 4
+    # 4 steps x 2 ranks x 8 = 64 draws from 48 samples (24 a rank an epoch): every sample met, each lost one counted
+    assert metrics["data"]["skipped"] == lost
+    assert metrics["data"]["train_pairs_available"] + lost == 48

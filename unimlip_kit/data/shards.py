@@ -302,7 +302,10 @@ def list_shards(source: str | os.PathLike) -> list[ShardInfo]:
     """The shards of ``source`` (see :func:`is_shard_source`) with their sample counts.
 
     Counts come from the folder's ``index.json`` when it lists the shard with its current size, else from
-    the tar headers. Shards that do not exist raise ``FileNotFoundError`` naming them.
+    the tar headers. A shard now smaller than its index says (cut short by a failed copy or a dying disk)
+    keeps its indexed count, with a warning: the loader pads it with skips, so every lost sample is counted
+    and every rank still gets the same number of samples. Shards that do not exist raise
+    ``FileNotFoundError`` naming them.
 
     Example:
         >>> import tempfile
@@ -328,7 +331,11 @@ def list_shards(source: str | os.PathLike) -> list[ShardInfo]:
             index = _read_index(p.parent) or {"shards": []}
             indexes[p.parent] = {e["name"]: (int(e["samples"]), int(e.get("bytes", -1))) for e in index["shards"]}
         samples, size = indexes[p.parent].get(p.name, (-1, -1))
-        if samples < 0 or size != p.stat().st_size:  # not indexed, or rewritten since: count the headers
+        actual = p.stat().st_size
+        if samples >= 0 and 0 <= actual < size:  # damaged since it was indexed (cut short): keep the count, so
+            warnings.warn(f"{path} is {actual} bytes, its index says {size}: truncated; keeping its indexed "  # every
+                          f"{samples} samples (the unreadable ones are skipped and counted)", stacklevel=2)  # lost one
+        elif samples < 0 or size != actual:  # not indexed, or rewritten (larger) since: count the headers
             samples = _count_samples(path)
         out.append(ShardInfo(str(p), samples))
     return out
