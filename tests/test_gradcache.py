@@ -303,3 +303,40 @@ def test_two_gloo_ranks_equal_one_process_on_the_global_batch():
     for r in range(2):
         assert torch.allclose(got[r]["total"], total.detach(), rtol=1e-5), (r, got[r]["total"], total)
         assert_close_lists(got[r]["grads"], want, f"rank {r} grad")
+
+
+def _nan_on_one_rank_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    from unimlip_kit.utils.checks import NonFiniteError
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=__import__("datetime").timedelta(seconds=60))
+    try:
+        torch.manual_seed(0)
+        model = UniMlipModel(tiny(dropout=0.0, image_keep_ratio=1.0))
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        batch = make_batch(16, 1)
+        if rank == 1:  # one rank's images hold a NaN (a corrupt decode): only its embeddings are non-finite
+            batch["images"][3] = float("nan")
+        try:
+            grad_cache_step(ddp, UniMlipLoss(weights_for(DDP_TERMS)), split(batch, 2), terms=DDP_TERMS)
+            outcome = "no error"
+        except NonFiniteError as err:
+            outcome = f"NonFiniteError: {err}"
+        open(os.path.join(out_dir, f"rank{rank}.txt"), "w").write(outcome)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_nan_on_one_rank_stops_every_rank_before_the_gather():
+    """Gradient caching under DDP: rank 1 alone meets a NaN; both ranks raise, neither waits in a collective."""
+    import time
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.time()
+        mp.spawn(_nan_on_one_rank_worker, args=(2, os.path.join(tmp, "init"), tmp), nprocs=2, join=True)
+        took = time.time() - t0
+        outcomes = [open(os.path.join(tmp, f"rank{r}.txt")).read() for r in range(2)]
+    assert outcomes[0] == "NonFiniteError: another rank's embeddings contain NaN or infinite values"
+    assert outcomes[1].startswith("NonFiniteError: micro-batch 0: ") and "contain NaN or infinite values" in outcomes[1]
+    assert took < 50  # well inside the 60 s collective timeout: nobody hung

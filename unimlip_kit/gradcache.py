@@ -65,6 +65,7 @@ from torch import nn
 
 from unimlip_kit.distributed import is_distributed
 from unimlip_kit.ops.hard_negatives import sample_hard_negatives
+from unimlip_kit.utils.checks import NonFiniteError
 from unimlip_kit.utils.seeding import derive_seed
 
 __all__ = ["CONTRASTIVE_TERMS", "GradCacheOutput", "PER_PAIR_TERMS", "grad_cache_step"]
@@ -301,6 +302,15 @@ def _check_micro(m: int, b: Mapping[str, torch.Tensor]) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- the step
+def _on_any_rank(flag: bool, device: torch.device) -> bool:
+    """``flag`` OR-ed over the ranks of the default process group (one all-reduce; none in a single process)."""
+    if not is_distributed():
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def grad_cache_step(
     model: nn.Module,
     loss_fn: nn.Module,
@@ -381,6 +391,7 @@ def grad_cache_step(
     mlm_inputs: list[tuple[torch.Tensor, torch.Tensor]] = []
     sizes: list[int] = []
     groups: list[tuple[int, torch.Tensor | None]] = []
+    nonfinite: NonFiniteError | None = None
     with torch.no_grad():
         for m in range(len(batches)):
             batch = batches[m]  # a lazy Sequence may rebuild the micro-batch on each access
@@ -389,12 +400,26 @@ def grad_cache_step(
             if m == 0:
                 device = batch["images"].device
             reseed(m)
-            out, _, _ = _tower_outputs(core, batch, terms, generator)
+            try:
+                out, _, _ = _tower_outputs(core, batch, terms, generator)
+            except NonFiniteError as err:
+                nonfinite = err
+                break
+            bad = [k for k, v in out.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+            if bad:
+                nonfinite = NonFiniteError(f"micro-batch {m}: {', '.join(bad)} contain NaN or infinite values",
+                                           name=bad[0])
+                break
             for k, v in out.items():
                 cached.setdefault(k, []).append(v.detach())
             if "mlm" in per_pair:
                 mlm_inputs.append(tuple(t.detach() for t in core._masked(batch, generator)))
     _restore_buffers(saved_bn)
+    # every rank learns of a NaN any of them met before the gathers of stage 2, so none is left waiting there
+    if _on_any_rank(nonfinite is not None, device):
+        if restore is not None:
+            restore()
+        raise nonfinite or NonFiniteError("another rank's embeddings contain NaN or infinite values", name="embeddings")
     offsets = torch.tensor([0] + sizes).cumsum(0)
     n = int(offsets[-1])
     if restore is not None:

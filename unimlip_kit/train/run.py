@@ -265,7 +265,13 @@ def load_run_tokenizer(run_dir: str | Path, cfg: RecipeConfig | None = None) -> 
 
     folder = Path(run_dir) / TOKENIZER
     if _has_tokenizer(folder):
-        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            if (folder / name).is_file():
+                load_json(folder / name)  # a cut or garbage file names itself (transformers' error would not)
+        try:
+            return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        except Exception as err:  # noqa: BLE001 - tokenizers raises bare Exceptions for bad files
+            raise CorruptFileError(f"the run's tokenizer in {folder} cannot be loaded: {type(err).__name__}: {err}") from err
     if cfg is None or cfg.tokenizer == "wordpiece":
         raise FileNotFoundError(f"{folder} holds no tokenizer (tokenizer.json)")
     if cfg.tokenizer == "bundled":
@@ -348,7 +354,7 @@ def build_run_model(cfg: Any, run_dir: str | Path | None = None) -> nn.Module:
     path = Path(run_dir) / BACKBONES if run_dir is not None else None
     if path is None or not path.is_file():
         return UniMlipModel(cfg)
-    specs = json.loads(path.read_text())
+    specs = load_json(path)
     kw = {f"{side}_backbone": build_backbone(spec) for side, spec in specs.items() if spec is not None}
     return UniMlipModel(cfg, **kw)
 
