@@ -19,7 +19,7 @@ import importlib.metadata
 import sys
 from pathlib import Path
 
-from unimlip_kit.info import _normalize, tested_versions
+from unimlip_kit.info import normalize_name, tested_versions
 
 LOCK = Path(__file__).resolve().parents[1] / "constraints.txt"
 NOT_LOCKED = {"torch", "unimlip-kit", "pip", "setuptools", "wheel"}  # torch: TORCH_SPEC; the rest: the venv's own
@@ -35,7 +35,7 @@ def installed() -> dict[str, str]:
     """``{name: version}`` of every distribution this python sees, NOT_LOCKED left out (PEP 503 names)."""
     out = {}
     for dist in importlib.metadata.distributions():
-        name = _normalize(dist.metadata["Name"] or "")
+        name = normalize_name(dist.metadata["Name"] or "")
         if name and name not in NOT_LOCKED:
             out.setdefault(name, dist.version)  # the first on sys.path wins, as for imports
     return out

@@ -61,13 +61,14 @@ from unimlip_kit.distributed import get_rank, get_world_size, is_distributed
 from unimlip_kit.eval import format_table, read_synthetic_vqa
 from unimlip_kit.losses import DEFAULT_WEIGHTS, UniMlipLoss
 from unimlip_kit.models.hub import Preprocessing
-from unimlip_kit.train.faults import Preemption, RunLock, check_run_layout, exit_code_for
-from unimlip_kit.train import (BatchMaker, Loggers, NonFiniteLossError, RecipeConfig, StepOutput, TrainParts, build_optimizer, build_run_model,
+from unimlip_kit.train import (BatchMaker, Loggers, NonFiniteLossError, RecipeConfig, StepOutput, TrainParts,
+                               build_optimizer, build_run_model,
                                evaluate_run, find_checkpoint, load_recipe_config, load_run_data, load_run_tokenizer, log0,
                                cosine_with_warmup, parse_recipe_args, plot_losses, prepare_tokenizer, restore_checkpoint,
                                resume_config,
                                save_backbones, save_checkpoint, save_run_config, setup_distributed, summary_table,
                                train_step, use_bf16, write_csv)
+from unimlip_kit.train.faults import Preemption, RunLock, check_run_layout, exit_code_for
 from unimlip_kit.utils import config_to_dict, derive_seed, run_metadata, save_json, seed_everything
 from unimlip_kit.utils.io import atomic_write
 
@@ -215,6 +216,14 @@ def train_and_evaluate(cfg: RecipeConfig, ckpt: Path | None, resuming: bool, dev
         t = cfg.train
         sched.lr_lambdas = [lambda s: cosine_with_warmup(max(s, elapsed() / budget * t.max_steps), t.warmup_steps,
                                                          t.max_steps, t.min_lr_ratio)] * len(opt.param_groups)
+    def close_early() -> None:
+        """Stopping before the evaluation (a signal, a NaN): close what is open; wait for rank 0's checkpoint."""
+        if bar is not None:
+            bar.close()
+        loggers.close()
+        if is_distributed():
+            dist.barrier()
+
     every_minutes, t_ckpt = cfg.train.ckpt_every_minutes, time.time()
     nonfinite_in_a_row, nonfinite_skipped = 0, []
     while step < cfg.train.max_steps:
@@ -233,11 +242,7 @@ def train_and_evaluate(cfg: RecipeConfig, ckpt: Path | None, resuming: bool, dev
                 log0(f"[non-finite] {err}. Stopped ({why}); the weights of step {step} are in "
                      f"{saved or find_checkpoint(run_dir) or 'no checkpoint'}; no model/ was written. A lower "
                      f"train.lr, train.grad_clip or warm-up, or train.on_nonfinite=skip, may help")
-                if bar is not None:
-                    bar.close()
-                loggers.close()
-                if is_distributed():
-                    dist.barrier()  # rank 0's checkpoint is complete before any rank exits
+                close_early()
                 raise
             nonfinite_skipped.append(err.step)
             sched.step()  # the schedule follows the step count; the optimizer did not step
@@ -268,14 +273,11 @@ def train_and_evaluate(cfg: RecipeConfig, ckpt: Path | None, resuming: bool, dev
                                     used)
             t_ckpt = time.time()
         if signum is not None:
-            if bar is not None:
-                bar.close()
-            loggers.close()
             log0(f"[preempted] {signal.Signals(signum).name}: stopped after step {step} of {cfg.train.max_steps}; "
                  f"checkpoint {saved if rank == 0 else 'written by rank 0'}; continue with --resume "
                  f"--output-dir {run_dir}")
+            close_early()
             if is_distributed():
-                dist.barrier()  # rank 0's checkpoint is complete before any rank exits
                 dist.destroy_process_group()
             raise SystemExit(exit_code_for(signum))
         if last:
@@ -307,7 +309,8 @@ def train_and_evaluate(cfg: RecipeConfig, ckpt: Path | None, resuming: bool, dev
                      "train_pairs_available": len(train_recs) - sum(1 for r in train_recs if r.id in skips),
                      "eval_pairs": evaluation.get("eval_images", 0), "skipped": skips.total,
                      "skipped_detail": skips.to_dict()},
-            "train": {"steps": step, "nonfinite_skipped_steps": nonfinite_skipped, "wall_s": train_wall, "pairs_per_s_this_session": pairs_seen / max(train_wall, 1e-9),
+            "train": {"steps": step, "nonfinite_skipped_steps": nonfinite_skipped, "wall_s": train_wall,
+                      "pairs_per_s_this_session": pairs_seen / max(train_wall, 1e-9),
                       "terms": terms, "parameters": n_params, "world_size": world, "device": str(device),
                       "final_losses": history[-1] if history else {}},
             "total_wall_s": time.time() - t_start,

@@ -28,7 +28,7 @@ from typing import NamedTuple
 import torch
 import torch.distributed as dist
 
-__all__ = ["GatheredBatch", "all_gather_with_grad", "get_rank", "get_world_size", "is_distributed"]
+__all__ = ["GatheredBatch", "all_gather_with_grad", "any_rank", "get_rank", "get_world_size", "is_distributed"]
 
 
 def is_distributed() -> bool:
@@ -39,6 +39,23 @@ def is_distributed() -> bool:
         False
     """
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """``flag`` OR-ed over all ranks: one all-reduce (MAX) under torch.distributed, none in a single process.
+
+    Every rank must call it at the same point, so that a decision one rank takes (skip a batch, stop on a
+    NaN) is taken by all, and no rank is left waiting in a later collective.
+
+    Example:
+        >>> any_rank(True), any_rank(False)
+        (True, False)
+    """
+    if not is_distributed():
+        return bool(flag)
+    t = torch.tensor([int(bool(flag))], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 def get_rank() -> int:

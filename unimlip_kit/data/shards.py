@@ -332,9 +332,10 @@ def list_shards(source: str | os.PathLike) -> list[ShardInfo]:
             indexes[p.parent] = {e["name"]: (int(e["samples"]), int(e.get("bytes", -1))) for e in index["shards"]}
         samples, size = indexes[p.parent].get(p.name, (-1, -1))
         actual = p.stat().st_size
-        if samples >= 0 and 0 <= actual < size:  # damaged since it was indexed (cut short): keep the count, so
-            warnings.warn(f"{path} is {actual} bytes, its index says {size}: truncated; keeping its indexed "  # every
-                          f"{samples} samples (the unreadable ones are skipped and counted)", stacklevel=2)  # lost one
+        # cut short since it was indexed: keep the count, so that every lost sample is padded in and counted
+        if samples >= 0 and 0 <= actual < size:
+            warnings.warn(f"{path} is {actual} bytes, its index says {size}: truncated; keeping its indexed "
+                          f"{samples} samples (the unreadable ones are skipped and counted)", stacklevel=2)
         elif samples < 0 or size != actual:  # not indexed, or rewritten (larger) since: count the headers
             samples = _count_samples(path)
         out.append(ShardInfo(str(p), samples))

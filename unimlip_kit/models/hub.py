@@ -41,6 +41,7 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from unimlip_kit.models.config import UniMlipModelConfig
+from unimlip_kit.utils.io import CorruptFileError, load_json
 
 __all__ = [
     "CONFIG_NAME",
@@ -246,8 +247,6 @@ class UniMlipHubMixin(
         """
         local = Path(str(pretrained_model_name_or_path))
         if local.is_dir() and (local / CONFIG_NAME).is_file():
-            from unimlip_kit.utils.io import load_json
-
             load_json(local / CONFIG_NAME)
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
     #: How inputs are prepared (:class:`Preprocessing`); None means :meth:`Preprocessing.from_config`.
@@ -323,8 +322,6 @@ class UniMlipHubMixin(
     ) -> Any:
         from safetensors import SafetensorError
         from safetensors.torch import load_model
-
-        from unimlip_kit.utils.io import CorruptFileError, load_json
 
         download = dict(revision=revision, cache_dir=cache_dir, force_download=force_download,
                         local_files_only=local_files_only, token=token)

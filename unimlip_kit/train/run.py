@@ -381,10 +381,14 @@ class CorruptCheckpointError(RuntimeError):
     """
 
 
+def _is_checkpoint(p: Path) -> bool:
+    """A step folder with a manifest (or, written before manifests, a ``state.pt``)."""
+    return p.is_dir() and ((p / MANIFEST).is_file() or (p / "state.pt").is_file())
+
+
 def _complete(run_dir: Path) -> list[Path]:
-    """Step folders with a manifest (or, written before manifests, a ``state.pt``), oldest first."""
-    return sorted(p for p in (run_dir / CHECKPOINTS).glob("step_*")
-                  if p.is_dir() and ((p / MANIFEST).is_file() or (p / "state.pt").is_file()))
+    """The run's checkpoint folders, oldest first."""
+    return sorted(p for p in (run_dir / CHECKPOINTS).glob("step_*") if _is_checkpoint(p))
 
 
 def _clean_stray(folder: Path) -> None:
@@ -535,7 +539,7 @@ def find_checkpoint(run_dir: str | Path, which: str | Path = "latest") -> Path |
     """
     if str(which) != "latest":
         path = Path(which)
-        if not ((path / MANIFEST).is_file() or (path / "state.pt").is_file()):
+        if not _is_checkpoint(path):
             raise FileNotFoundError(f"{path} is not a complete checkpoint (no manifest.json or state.pt): pass a "
                                     f"checkpoints/step_* folder or a run folder")
         problems = verify_checkpoint(path)

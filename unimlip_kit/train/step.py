@@ -33,6 +33,7 @@ always runs the plain path (bit for bit as before).
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -41,6 +42,7 @@ import torch.distributed as dist
 from torch import nn
 
 from unimlip_kit.data import group_ids_from_keys, regroup_after_flip
+from unimlip_kit.distributed import any_rank
 from unimlip_kit.gradcache import grad_cache_step
 from unimlip_kit.losses import DEFAULT_WEIGHTS
 from unimlip_kit.train.views import BatchMaker
@@ -63,9 +65,10 @@ class NonFiniteLossError(FloatingPointError):
 
     def __init__(self, step: int, terms: list[str], what: str, lr: float) -> None:
         self.step, self.terms, self.what, self.lr = step, list(terms), what, lr
-        named = [t for t in self.terms if t in DEFAULT_WEIGHTS]
-        where = (f"the loss term{'s' if len(named) > 1 else ''} {', '.join(named)}" if named and len(named) == len(self.terms)
-                 else f"the {', '.join(self.terms)}" if self.terms in (["gradient"], ["total"]) else ", ".join(self.terms))
+        if all(t in DEFAULT_WEIGHTS for t in self.terms):  # UniMlipLoss's terms by name
+            where = f"the loss term{'s' if len(self.terms) > 1 else ''} {', '.join(self.terms)}"
+        else:  # "the gradient", "the total", "the model's forward"
+            where = ", ".join(t if t.startswith("the ") else f"the {t}" for t in self.terms)
         super().__init__(f"step {step}: NaN or infinity in {where} ({what}) at learning rate {lr:.3g}; "
                          f"the weights were not updated")
 
@@ -141,12 +144,9 @@ class StepOutput:
 
 
 def _usable(raw: dict[str, Any], parts: TrainParts) -> bool:
-    usable = len(raw["ids"]) >= 2  # a batch emptied by skipped images has nothing to contrast
-    if parts.world_size > 1 and dist.is_initialized():  # skip together: a rank alone would leave the others hanging
-        flag = torch.tensor([int(usable)], device=parts.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        usable = bool(flag.item())
-    return usable
+    # a batch emptied by skipped images has nothing to contrast; skip together: a rank alone would leave
+    # the others hanging
+    return not any_rank(len(raw["ids"]) < 2, parts.device)
 
 
 def train_step(parts: TrainParts, step: int, next_batch: Callable[[], dict[str, Any]],
@@ -187,8 +187,8 @@ def train_step(parts: TrainParts, step: int, next_batch: Callable[[], dict[str, 
             _grad_cache(parts, step, next_batch, on_batch, out)
         except NonFiniteError as err:
             _fail(parts, step, [err.term] if err.term else ["the model's forward"], str(err))
-        bad = [k for k, v in out.losses.items() if k != "total" and not _finite(v)]
-        if bad or ("total" in out.losses and not _finite(out.losses["total"])):
+        bad = [k for k, v in out.losses.items() if k != "total" and not math.isfinite(v)]
+        if bad or ("total" in out.losses and not math.isfinite(out.losses["total"])):
             _fail(parts, step, bad or ["total"], "the loss is NaN or infinite")
         _optimizer_step(parts, step)
         return out
@@ -216,10 +216,10 @@ def train_step(parts: TrainParts, step: int, next_batch: Callable[[], dict[str, 
             else:  # every term, one device sync
                 values = torch.stack([total.detach().float().reshape(())] + [v.float().reshape(()) for v in terms.values()])
                 if not bool(torch.isfinite(values).all()):
-                    bad = [k for k, v in zip(terms, values[1:].tolist()) if not _finite(v)]
+                    bad = [k for k, v in zip(terms, values[1:].tolist()) if not math.isfinite(v)]
                     problem = (bad or ["total"], "the loss is NaN or infinite")
-            if _any_rank(problem is not None, parts):  # every rank stops here together, before the backward
-                _fail(parts, step, *(problem or (["on another rank"], "a non-finite loss on another rank")))
+            if any_rank(problem is not None, parts.device):  # every rank stops here together, before the backward
+                _fail(parts, step, *(problem or (["the loss of another rank"], "a non-finite loss on another rank")))
             (total / n).backward()
         out.pairs += len(raw["ids"]) * parts.world_size
         out.ids.extend(raw["ids"])
@@ -227,19 +227,6 @@ def train_step(parts: TrainParts, step: int, next_batch: Callable[[], dict[str, 
             acc[k] = acc.get(k, 0.0) + float(v) / n
     _optimizer_step(parts, step)
     return out
-
-
-def _finite(v: float) -> bool:
-    return v == v and abs(v) != float("inf")
-
-
-def _any_rank(flag: bool, parts: TrainParts) -> bool:
-    """``flag`` OR-ed over ranks (one all-reduce under DDP)."""
-    if parts.world_size > 1 and dist.is_initialized():
-        t = torch.tensor([int(flag)], device=parts.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
-    return flag
 
 
 def _fail(parts: TrainParts, step: int, terms: list[str], what: str) -> None:
