@@ -63,7 +63,8 @@ from typing import Any, Callable, Literal, Mapping, NamedTuple, Sequence
 
 from unimlip_kit.eval import EvalConfig
 from unimlip_kit.losses import DEFAULT_WEIGHTS
-from unimlip_kit.train import evaluate_run_folder, load_recipe_config, load_run, parse_recipe_args, resolve_device
+from unimlip_kit.train import (evaluate_run_folder, load_recipe_config, load_run, parse_recipe_args, resolve_device,
+                               resolve_warmup)
 from unimlip_kit.utils import config_to_dict, load_config, load_json, run_metadata, save_json
 from unimlip_kit.utils.io import atomic_write
 
@@ -184,9 +185,7 @@ def grid(cfg: AblationConfig) -> list[Cell]:
     """
     for v in cfg.variants:
         if v not in ALL_VARIANTS:
-            hint = (" (a key=value override after --variants is read as a variant: put overrides before the "
-                    "list flags, or end the list with another flag)") if "=" in v else ""
-            raise ValueError(f"unknown variant {v!r}; known: {list(ALL_VARIANTS)}{hint}")
+            raise ValueError(f"unknown variant {v!r}; known: {list(ALL_VARIANTS)}")
     if WALLTIME in cfg.variants and FULL not in cfg.variants:
         raise ValueError(f"{WALLTIME!r} needs {FULL!r} in variants (its budget is the full objective's wall time)")
     if not cfg.sizes or not cfg.seeds:
@@ -257,7 +256,8 @@ def shared_overrides(cfg: AblationConfig) -> list[str]:
 def resolved_steps(cfg: AblationConfig) -> tuple[int, int]:
     """``(max_steps, warmup_steps)`` of a cell: ``cfg.max_steps`` or the training config's, and its warm-up."""
     rcfg = load_recipe_config(training_config_path(cfg), shared_overrides(cfg))
-    return (cfg.max_steps if cfg.max_steps is not None else rcfg.train.max_steps), rcfg.train.warmup_steps
+    steps = cfg.max_steps if cfg.max_steps is not None else rcfg.train.max_steps
+    return steps, resolve_warmup(dataclasses.replace(rcfg.train, max_steps=steps))
 
 
 def train_command(cfg: AblationConfig, cell: Cell, run: Path, budget_s: float | None = None) -> list[str]:

@@ -11,6 +11,9 @@ token keeping). Every term is on by default. The pieces live in
 Run it::
 
     python recipes/uni_mlip_roco.py                       # synthetic benchmark, tiny model, CPU, < 10 min
+    python recipes/uni_mlip_roco.py --data-root pairs.csv --image-column file --caption-column text \
+        --zeroshot-labels diagnosis --val-every 100 --keep-best     # your own table: 10% held out, seeded
+    python recipes/uni_mlip_roco.py --data-root scans/ --zeroshot-labels folder   # images + .txt captions, class folders
     python recipes/uni_mlip_roco.py --config recipes/configs/tiny.yaml --output-dir runs/tiny   # seconds
     python recipes/uni_mlip_roco.py --max-steps 50 --output-dir runs/quick
     python recipes/uni_mlip_roco.py --resume --output-dir runs/quick          # continue as saved in its config.yaml
@@ -30,8 +33,9 @@ checkpoint cadence, workers, device, evaluation), any other is refused naming th
 
 The run folder (``output_dir``, default ``runs/uni_mlip_roco``) receives ``config.yaml``, ``tokenizer/``,
 ``checkpoints/step_*`` (``model.safetensors`` + ``state.pt`` with optimizer, scheduler, RNG and data
-position), ``log.csv`` (one row per logged step, one column per term), ``loss_curves.png`` (one panel per
-term), ``metrics.json``, ``summary.md`` and ``model/`` (``UniMlipModel.from_pretrained``); it can be moved.
+position), ``log.csv`` (one row per logged step, one column per term, ``val_*`` on validated steps), ``loss_curves.png``
+(one panel per term), ``metrics.json``, ``summary.md``, ``model/`` (``UniMlipModel.from_pretrained``) and, with
+``--keep-best``, ``model_best/``; it can be moved.
 
 Reproducibility: every random stream of step ``s`` (data order, image and caption augmentation, token
 masking, hard negatives, token keeping, dropout) is derived from ``(seed, s, micro-batch, rank)``, so a
@@ -56,18 +60,17 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from unimlip_kit.data import SkipCounter, StepStream, build_synthetic_dataset
+from unimlip_kit.data import SkipCounter, StepStream, describe_source
 from unimlip_kit.distributed import get_rank, get_world_size, is_distributed
-from unimlip_kit.eval import format_table, read_synthetic_vqa
+from unimlip_kit.eval import format_table
 from unimlip_kit.losses import DEFAULT_WEIGHTS, UniMlipLoss
 from unimlip_kit.models.hub import Preprocessing
-from unimlip_kit.train import (BatchMaker, Loggers, NonFiniteLossError, RecipeConfig, StepOutput, TrainParts,
-                               build_optimizer, build_run_model,
-                               evaluate_run, find_checkpoint, load_recipe_config, load_run_data, load_run_tokenizer, log0,
-                               cosine_with_warmup, parse_recipe_args, plot_losses, prepare_tokenizer, restore_checkpoint,
-                               resume_config,
-                               save_backbones, save_checkpoint, save_run_config, setup_distributed, summary_table,
-                               train_step, use_bf16, write_csv)
+from unimlip_kit.train import (BEST_MODEL, BatchMaker, Loggers, NonFiniteLossError, RecipeConfig, StepOutput, TrainParts,
+                               Validation, build_optimizer, build_run_model, cosine_with_warmup, evaluate_run,
+                               find_checkpoint, load_recipe_config, load_run_data, load_run_tokenizer, load_run_vqa, log0,
+                               parse_recipe_args, plot_losses, prepare_tokenizer, resolve_warmup, restore_checkpoint,
+                               resume_config, save_backbones, save_checkpoint, save_run_config, schedule_notes,
+                               setup_distributed, summary_table, train_step, use_bf16, write_csv)
 from unimlip_kit.train.faults import Preemption, RunLock, check_run_layout, exit_code_for
 from unimlip_kit.utils import config_to_dict, derive_seed, run_metadata, save_json, seed_everything
 from unimlip_kit.utils.io import atomic_write
@@ -130,13 +133,10 @@ def train_and_evaluate(cfg: RecipeConfig, ckpt: Path | None, resuming: bool, dev
     t_start = time.time()
 
     # ---- data: records (skipped rows counted), tokenizer, datasets
-    skips = SkipCounter()  # data.root: ROCO, the synthetic benchmark or shards; data.eval_root: the evaluation folder
+    skips = SkipCounter()  # data.root: synthetic, a table, an image folder, ROCO or shards; data.eval_root: held out
     data = load_run_data(cfg, skips, rank, world)
     train_recs, eval_recs, loader = data.train_records, data.eval_records, data.loader
-    vqa: tuple[list, list] = ([], [])
-    if cfg.data.root is None and "vqa" in cfg.eval.tasks and rank == 0:  # the synthetic questions (cached set)
-        syn_root = build_synthetic_dataset(cfg.data.synthetic, cfg.data.cache_dir)
-        vqa = (read_synthetic_vqa(syn_root, cfg.data.train_split), read_synthetic_vqa(syn_root, cfg.data.eval_split))
+    vqa = load_run_vqa(cfg, skips) if rank == 0 else ([], [])  # the synthetic questions, or data.vqa's
     if rank == 0:  # built (WordPiece: trained on the captions) and saved in <run>/tokenizer; a resumed run reloads it
         tokenizer = prepare_tokenizer(cfg, [r.caption for r in train_recs], run_dir, reuse=resuming)
     if is_distributed():
@@ -149,10 +149,23 @@ def train_and_evaluate(cfg: RecipeConfig, ckpt: Path | None, resuming: bool, dev
     if len(loader) == 0:
         raise ValueError(f"{len(train_recs)} training pairs make no full batch of {cfg.train.batch_size} per rank "
                          f"(world size {world}); lower train.batch_size")
-    log0(f"[data] {len(train_recs)} train / {len(eval_recs)} eval pairs from {cfg.data.root or 'the synthetic benchmark'}"
-         f"{' (shards)' if data.shards else ''}; vocab {len(tokenizer)}; world size {world}; device {device}")
+    log0(f"[data] {len(train_recs)} train / {len(eval_recs)} held-out pairs from {cfg.data.root or 'the synthetic benchmark'}"
+         f" ({describe_source(data.info['source'])}); vocab {len(tokenizer)}; world size {world}; device {device}")
+    if data.info.get("validation"):
+        log0(f"[data] evaluation pairs: {data.info['validation']}")
+    if data.class_names:
+        log0(f"[data] {len(data.class_names)} classes ({cfg.data.label_column}): {', '.join(data.class_names[:8])}"
+             f"{', ...' if len(data.class_names) > 8 else ''}")
+    if skips.total:
+        log0(f"[data] {skips.summary()}")
     if data.eval_skipped:
         log0(f"[data] evaluation skipped: {data.eval_skipped}")
+    if cfg.train.warmup_steps is None:  # 5% of max_steps, at most 50; saved resolved, so extending keeps it
+        cfg.train = dataclasses.replace(cfg.train, warmup_steps=resolve_warmup(cfg.train))
+    log0(f"[schedule] {cfg.train.max_steps} steps, warm-up {cfg.train.warmup_steps}, cosine to "
+         f"{cfg.train.min_lr_ratio:g} x lr {cfg.train.lr:g}")
+    for note in schedule_notes(cfg.train):
+        log0(f"[schedule] note: {note}")
 
     # ---- model, loss, optimizer, schedule (a resumed run rebuilds its towers from the run folder alone)
     if cfg.loss.itc_loss == "siglip" and cfg.model.logit_bias_init is None:  # SigLIP's bias, started at -10
@@ -195,6 +208,18 @@ def train_and_evaluate(cfg: RecipeConfig, ckpt: Path | None, resuming: bool, dev
                        train_model=train_model, accumulation=cfg.train.accumulation)
     loggers = Loggers(cfg.train.loggers if rank == 0 else [], run_dir, config=config_to_dict(cfg),
                       project=cfg.train.wandb_project)
+    preprocessing = Preprocessing.from_config(cfg.model)
+    validation = Validation(cfg, eval_recs if rank == 0 else [], history=history, run_dir=run_dir,
+                            save_best=lambda folder: model.save_pretrained(folder, tokenizer=tokenizer,
+                                                                           preprocessing=preprocessing))
+    if validation.enabled:
+        t = cfg.train
+        when = ([f"{t.val_every} steps"] if t.val_every is not None else []) + \
+            ([f"{t.val_every_minutes:g} min"] if t.val_every_minutes is not None else [])
+        log0(f"[val] on {len(validation.records)} held-out pairs every {' or '.join(when)}"
+             + (f"; the best model is kept in {run_dir / BEST_MODEL}" if t.keep_best else ""))
+    elif cfg.train.val_every is not None or cfg.train.val_every_minutes is not None:
+        log0("[val] no held-out pairs: no validation during training")
 
     # ---- train
     model.train()
@@ -214,7 +239,7 @@ def train_and_evaluate(cfg: RecipeConfig, ckpt: Path | None, resuming: bool, dev
 
     if budget is not None:  # the schedule's progress is max(step / max_steps, elapsed / max_seconds)
         t = cfg.train
-        sched.lr_lambdas = [lambda s: cosine_with_warmup(max(s, elapsed() / budget * t.max_steps), t.warmup_steps,
+        sched.lr_lambdas = [lambda s: cosine_with_warmup(max(s, elapsed() / budget * t.max_steps), resolve_warmup(t),
                                                          t.max_steps, t.min_lr_ratio)] * len(opt.param_groups)
     def close_early() -> None:
         """Stopping before the evaluation (a signal, a NaN): close what is open; wait for rank 0's checkpoint."""
@@ -255,9 +280,13 @@ def train_and_evaluate(cfg: RecipeConfig, ckpt: Path | None, resuming: bool, dev
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{out.losses.get('total', float('nan')):.3f}")
-        if out.losses and (step % cfg.train.log_every == 0 or last):  # empty: no usable batch
+        val = validation(model, maker, step, skips) if validation.due(step, last) else {}
+        if val:
+            log0(f"[val] step {step}: R@1 i2t {val['val_R@1_i2t']:.3f} t2i {val['val_R@1_t2i']:.3f}, "
+                 f"itc {val['val_itc']:.3f}{' (best)' if val['val_R@1'] >= validation.best else ''}")
+        if (out.losses and (step % cfg.train.log_every == 0 or last)) or val:  # no losses: no usable batch
             row = {"step": step, "lr": sched.get_last_lr()[0], "logit_scale": float(model.logit_scale().detach()),
-                   **out.losses}
+                   **out.losses, **val}
             if model.logit_bias is not None:
                 row["logit_bias"] = float(model.logit_bias().detach())
             history.append(row)
@@ -300,7 +329,7 @@ def train_and_evaluate(cfg: RecipeConfig, ckpt: Path | None, resuming: bool, dev
     if rank == 0:
         t_eval = time.time()
         evaluation = evaluate_run(model, cfg, maker, data.probe_records, eval_recs, data.eval_dataset, vqa, device, skips,
-                                  skip_reason=data.eval_skipped)
+                                  skip_reason=data.eval_skipped, class_names=data.class_names)
         evaluation["seconds"] = time.time() - t_eval
         metrics = {
             "retrieval": evaluation.get("retrieval", {}),
@@ -308,17 +337,21 @@ def train_and_evaluate(cfg: RecipeConfig, ckpt: Path | None, resuming: bool, dev
             "data": {"train_pairs": len(used),
                      "train_pairs_available": len(train_recs) - sum(1 for r in train_recs if r.id in skips),
                      "eval_pairs": evaluation.get("eval_images", 0), "skipped": skips.total,
-                     "skipped_detail": skips.to_dict()},
+                     "skipped_detail": skips.to_dict(), "source": data.info.get("source"),
+                     "validation": data.info.get("validation"), "class_names": data.class_names,
+                     "skipped_while_converting": data.info.get("skipped_while_converting", 0)},
             "train": {"steps": step, "nonfinite_skipped_steps": nonfinite_skipped, "wall_s": train_wall,
                       "pairs_per_s_this_session": pairs_seen / max(train_wall, 1e-9),
                       "terms": terms, "parameters": n_params, "world_size": world, "device": str(device),
-                      "final_losses": history[-1] if history else {}},
+                      "final_losses": history[-1] if history else {},
+                      "warmup_steps": cfg.train.warmup_steps,
+                      "best_val_R@1": validation.best if validation.best > float("-inf") else None},
             "total_wall_s": time.time() - t_start,
             "meta": run_metadata(),
         }
         save_json(run_dir / "metrics.json", metrics)
         # the trained model as a self-contained Hugging Face folder: UniMlipModel.from_pretrained(run_dir / "model")
-        model.save_pretrained(run_dir / "model", tokenizer=tokenizer, preprocessing=Preprocessing.from_config(cfg.model))
+        model.save_pretrained(run_dir / "model", tokenizer=tokenizer, preprocessing=preprocessing)
         if history and "csv" in cfg.train.loggers:
             write_csv(history, run_dir / "log.csv")
             plot_losses(history, run_dir / "loss_curves.png")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from recipes import ablation, uni_mlip_roco
+from unimlip_kit.train import parse_recipe_args
 from recipes.ablation import BASELINE, FLOOR, FULL, WALLTIME, AblationConfig, Cell
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,8 +78,9 @@ def test_the_default_grid_is_72_cells_with_the_full_objective_first():
             assert block[0] == FULL and block.index(FULL) < block.index(WALLTIME)
     with pytest.raises(ValueError, match="unknown variant 'clipp'"):
         ablation.grid(AblationConfig(variants=["clipp"]))
-    with pytest.raises(ValueError, match="put overrides before the list flags"):  # argparse swallowed key=value
-        ablation.main(["--plan", "--variants", FULL, "baseline=clip-aug"])
+    # a key=value after a list flag is an override, not a list value (argparse alone would swallow it)
+    parsed = parse_recipe_args("ablation", ["--plan", "--variants", FULL, "baseline=clip-aug"])
+    assert parsed.overrides == ["baseline=clip-aug", f"variants=[{FULL}]", "plan=true"]
     # the augmented-CLIP control is asked for by name, and its cells train ITC on an augmented view 1
     assert "clip-aug" not in {c.variant for c in cells}
     control = ablation.grid(AblationConfig(variants=[FULL, BASELINE, "clip-aug"], sizes=[250], leave_one_out=False))
@@ -99,7 +101,10 @@ def test_every_size_keeps_one_pool_and_one_test_split():
         assert not any(a.startswith(("data.synthetic.n_test", "data.synthetic.seed")) for a in cmd)
     walltime = ablation.train_command(AblationConfig(max_steps=100), Cell(250, WALLTIME, 0), Path("r"), budget_s=42.5)
     assert walltime[walltime.index("--max-steps") + 1] == "2000"
-    assert "train.max_seconds=42.5" in walltime and "train.warmup_steps=1000" in walltime  # 50 x 20: same share
+    # the warm-up of a 100-step cell (5%: 5 steps) x 20: the same share of the schedule as in the other cells
+    assert "train.max_seconds=42.5" in walltime and "train.warmup_steps=100" in walltime
+    at_recipe_scale = ablation.train_command(AblationConfig(), Cell(250, WALLTIME, 0), Path("r"), budget_s=42.5)
+    assert "train.warmup_steps=1000" in at_recipe_scale  # 1000 steps: 50 x 20, as the stored cells ran
 
 
 # ------------------------------------------------------------------ resuming cell by cell (fake cell runner)

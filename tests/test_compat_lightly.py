@@ -226,3 +226,44 @@ def test_equals_lightly_when_installed():
         assert values[0] == pytest.approx(values[1], abs=1e-5), kwargs
         for ours, theirs in zip(*grads):
             torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
+
+
+def test_readme_moco_queue_of_4096():
+    """README: ``memory_bank_size=4096`` gives MoCo negatives from a queue of earlier ``out1`` (FIFO, read first)."""
+    torch.manual_seed(0)
+    loss_fn = NTXentLoss(temperature=0.2, memory_bank_size=4096)
+    g = torch.Generator().manual_seed(1)
+    seen = []
+    for step in range(3):
+        out0 = torch.randn(16, 8, generator=g, requires_grad=True)
+        out1 = torch.randn(16, 8, generator=g)
+        before = loss_fn.memory_bank.negatives().clone() if step else None
+        loss = loss_fn(out0, out1)
+        if before is not None:  # the bank is read before this batch is enqueued
+            torch.testing.assert_close(loss, moco_reference(out0, out1, before, 0.2))
+        seen.append(F.normalize(out1, dim=1))
+    bank = loss_fn.memory_bank.bank
+    assert bank.shape == (4096, 8) and int(loss_fn.memory_bank.ptr) == 48
+    torch.testing.assert_close(bank[:48], torch.cat(seen))
+    torch.testing.assert_close(bank[48:].norm(dim=1), torch.ones(4096 - 48))  # the rest: random unit vectors
+
+
+def test_native_memory_bank_is_saved_and_a_resumed_run_continues_exactly():
+    """README: the native MemoryBankNTXentLoss keeps its bank in the state_dict (lightly's compat class does not)."""
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g)) for _ in range(6)]
+    torch.manual_seed(3)
+    run = MemoryBankNTXentLoss((10, 6), temperature=0.3)
+    for a, b in batches[:3]:
+        run(a.clone().requires_grad_(), b)
+    state = {k: v.clone() for k, v in run.state_dict().items()}
+    assert any("bank" in k for k in state)
+    torch.manual_seed(99)  # another random start: only the loaded state can make the runs agree
+    resumed, fresh = MemoryBankNTXentLoss((10, 6), temperature=0.3), MemoryBankNTXentLoss((10, 6), temperature=0.3)
+    resumed.load_state_dict(state)
+    for a, b in batches[3:]:
+        want = run(a.clone().requires_grad_(), b).detach()
+        assert torch.equal(resumed(a.clone().requires_grad_(), b).detach(), want)
+        assert not torch.equal(fresh(a.clone().requires_grad_(), b).detach(), want)
+    compat = NTXentLoss(memory_bank_size=(10, 6))
+    assert not any("bank" in k for k in compat.state_dict())

@@ -188,3 +188,19 @@ def test_train_step_is_still_the_installed_open_clip_train_loop():
     assert len(positions) == 3 and positions == sorted(positions), (
         f"open_clip_train.train.train_one_epoch no longer contains {wanted[:3]} in order: "
         "unimlip_kit.compat.open_clip targets that loss call")
+
+
+def test_siglip_logit_bias_is_the_models_and_zero_when_omitted():
+    """README: SigLipLoss takes the model's ``logit_bias`` (open_clip requires it; here it may be left out: 0)."""
+    g = torch.Generator().manual_seed(2)
+    img = F.normalize(torch.randn(5, 4, generator=g, dtype=torch.float64), dim=1)
+    txt = F.normalize(torch.randn(5, 4, generator=g, dtype=torch.float64), dim=1)
+    scale = torch.tensor(10.0, dtype=torch.float64)
+    for bias in (-10.0, 0.0, 2.5):
+        got = SigLipLoss()(img, txt, scale, torch.tensor(bias, dtype=torch.float64))
+        torch.testing.assert_close(got, NaiveSigLip()(img, txt, scale, bias), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(SigLipLoss()(img, txt, scale), NaiveSigLip()(img, txt, scale, 0.0), rtol=1e-12, atol=1e-12)
+    model_out = TinyCLIP(init_logit_bias=-10.0)(torch.randn(4, D_IN, dtype=torch.float64), torch.randint(0, VOCAB, (4, 3)))
+    losses = SigLipLoss()(**model_out, output_dict=True)  # the model's logit_bias arrives with **model_out
+    ref = NaiveSigLip()(model_out["image_features"], model_out["text_features"], model_out["logit_scale"], -10.0)
+    torch.testing.assert_close(losses["contrastive_loss"], ref, rtol=1e-12, atol=1e-12)

@@ -19,7 +19,14 @@ from PIL import Image
 
 from unimlip_kit.data import ImageDecodeError, load_image
 from unimlip_kit.embed import find_images, main as embed_main
-from unimlip_kit.inference import embed_images, embed_texts, prepare_image, prepare_images, zero_shot_classify
+from unimlip_kit.inference import (
+    ImagePreprocess,
+    embed_images,
+    embed_texts,
+    prepare_image,
+    prepare_images,
+    zero_shot_classify,
+)
 from unimlip_kit.models import UniMlipModel, UniMlipModelConfig
 from unimlip_kit.models.hub import CONFIG_NAME, PREPROCESSOR_NAME, WEIGHTS_NAME, Preprocessing
 from unimlip_kit.text import has_bundled_model, load_bundled_tokenizer, train_wordpiece_tokenizer
@@ -274,6 +281,74 @@ def test_zero_shot_matches_prompt_ensemble_by_hand(tok):
     assert r.labels == [names[i] for i in scores.argmax(1).tolist()]
     probs = torch.softmax(float(model.logit_scale().detach()) * scores, dim=-1)
     torch.testing.assert_close(r.probs.double(), probs, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------- the evaluation transform (open_clip's preprocess)
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """A grey 8-bit PNG (not square), an RGB JPEG, a 16-bit PNG and, with pydicom, a CT DICOM file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(4)
+    files = [folder / "grey.png", folder / "colour.jpg", folder / "deep.png"]
+    Image.fromarray(rng.integers(0, 256, (44, 30), dtype=np.uint8), "L").save(files[0])
+    Image.fromarray(rng.integers(0, 256, (28, 36, 3), dtype=np.uint8), "RGB").save(files[1])
+    Image.fromarray(rng.integers(0, 65536, (40, 40), dtype=np.uint16)).save(files[2])
+    if is_available("pydicom"):
+        from pydicom.data import get_testdata_file
+
+        files.append(Path(get_testdata_file("CT_small.dcm")))
+    return files
+
+
+@pytest.mark.parametrize("channels,resize,window", [(1, "pad", None), (3, "crop", "lung")])
+def test_from_pretrained_returns_the_saved_eval_transform(tmp_path, tok, channels, resize, window):
+    """``(model, preprocess)``: the folder's saved Preprocessing (not the config's defaults), the decoder's output,
+    and through ``encode_image`` the same embedding as ``embed_images`` on the same files."""
+    model = _model(tok, image_channels=channels)
+    saved = Preprocessing(image_size=32, channels=channels, resize=resize, window=window, max_text_len=24)
+    model.save_pretrained(tmp_path / "m", tokenizer=tok, preprocessing=saved)
+    loaded, preprocess = UniMlipModel.from_pretrained(tmp_path / "m", return_transform=True)
+    assert isinstance(loaded, UniMlipModel) and isinstance(preprocess, ImagePreprocess)
+    assert preprocess.preprocessing == saved
+    files = _image_files(tmp_path / "imgs")
+    for f in files:  # the one decoder, with the saved settings, is the reference
+        ref = load_image(f, size=32, channels=channels, resize=resize, window=window)
+        torch.testing.assert_close(preprocess(f), ref, rtol=0, atol=0)
+        torch.testing.assert_close(preprocess(str(f)), ref, rtol=0, atol=0)
+    batch = torch.stack([preprocess(f) for f in files])
+    assert batch.shape == (len(files), channels, 32, 32) and batch.dtype == torch.float32
+    ours = F.normalize(loaded.encode_image(batch), dim=-1)
+    torch.testing.assert_close(ours, embed_images(loaded, files), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours, embed_images(model, files, preprocessing=saved), rtol=1e-5, atol=1e-6)
+    # in memory: PIL images and arrays give what their files give
+    grey = Image.open(files[0])
+    torch.testing.assert_close(preprocess(grey), preprocess(files[0]), rtol=0, atol=1e-6)
+    torch.testing.assert_close(preprocess(np.asarray(grey)), preprocess(files[0]), rtol=0, atol=1e-6)
+    torch.testing.assert_close(preprocess(Image.open(files[1])), preprocess(files[1]), rtol=0, atol=1e-6)
+
+
+def test_preprocess_without_return_transform_and_its_errors(tmp_path, tok):
+    import pickle
+
+    model = _model(tok)
+    model.save_pretrained(tmp_path / "m")
+    assert isinstance(UniMlipModel.from_pretrained(tmp_path / "m"), UniMlipModel)  # default: the model alone
+    preprocess = ImagePreprocess.from_model(model)
+    assert preprocess.preprocessing == model.get_preprocessing()
+    x = np.random.default_rng(0).integers(0, 256, (3, 20, 24), dtype=np.uint8)
+    again = pickle.loads(pickle.dumps(preprocess))  # DataLoader workers get a copy
+    torch.testing.assert_close(again(x), preprocess(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"channels-last \(H, W, C\): pass array.transpose\(2, 0, 1\)"):
+        preprocess(np.zeros((20, 24, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"a single image must be \(H, W\) or \(C, H, W\)"):
+        preprocess(torch.rand(2, 1, 8, 8))
+    with pytest.raises(ValueError, match=r"image: float images must be in \[0, 1\]"):
+        preprocess(torch.rand(1, 8, 8) * 255)
+    with pytest.raises(TypeError, match="preprocessing must be a Preprocessing"):
+        ImagePreprocess({"image_size": 32})
+    with pytest.raises(ImageDecodeError, match="missing.png"):
+        preprocess(tmp_path / "missing.png")
 
 
 # ---------------------------------------------------------------- the command

@@ -180,3 +180,23 @@ def test_collator_errors(tok):
         ImageTextMLMCollator(tok, seed=0, generator=torch.Generator())
     with pytest.raises(ValueError, match="mlm=False"):
         ImageTextMLMCollator(tok, mlm=False)
+
+
+def test_collator_ids_are_optional_and_a_custom_collate_is_trusted():
+    from unimlip_kit.text import train_wordpiece_tokenizer
+
+    captions = ["Left lower lobe opacity.", "No focal lesion.", "Axial CT of the brain."]
+    tok = train_wordpiece_tokenizer(captions * 3, 60)
+    samples = [{"image": torch.full((1, 4, 4), k / 3), "caption": c} for k, c in enumerate(captions)]
+    batch = ImageTextMLMCollator(tok, seed=0)(samples)
+    enc = tok(captions, padding=True, return_tensors="pt")
+    assert batch["ids"] == ["", "", ""] and torch.equal(batch["input_ids"], enc["input_ids"])
+    assert batch["mlm_input_ids"].shape == batch["mlm_labels"].shape == enc["input_ids"].shape
+    with pytest.raises(ValueError, match="sample 1 has neither 'caption'"):
+        ImageTextMLMCollator(tok)([samples[0], {"image": torch.zeros(1, 4, 4)}])
+
+    def my_collate(items):  # a user's own sample format: the collator does not second-guess it
+        return {"captions": [t for t, _ in items], "pixels": torch.stack([x for _, x in items])}
+
+    custom = ImageTextMLMCollator(tok, collate=my_collate, seed=0)([(c, torch.zeros(3)) for c in captions])
+    assert custom["pixels"].shape == (3, 3) and torch.equal(custom["input_ids"], enc["input_ids"])

@@ -11,6 +11,10 @@ Typical use, from a folder written by ``UniMlipModel.save_pretrained`` (or a hub
     similarity = img @ txt.T                                           # cosine similarities
     result = zero_shot_classify(model, ["a.png"], ["pneumothorax", "no finding"])
 
+    # open_clip's way: the model and its evaluation transform, then encode_image on a stacked batch
+    model, preprocess = UniMlipModel.from_pretrained("runs/my_run/model", return_transform=True)
+    img = model.encode_image(torch.stack([preprocess("a.png"), preprocess(pil_image)]))
+
 Images are prepared exactly as the training data was (:class:`~unimlip_kit.models.hub.Preprocessing`,
 saved in the folder): files go through :func:`unimlip_kit.data.load_image`
 (PNG/JPEG incl. 16-bit, DICOM, NIfTI; ``resize`` mode, channels, CT window); PIL
@@ -41,7 +45,15 @@ from unimlip_kit.data.resize import resize_image
 from unimlip_kit.eval.zero_shot import DEFAULT_TEMPLATES, zero_shot_classifier, zero_shot_logits
 from unimlip_kit.models.hub import Preprocessing
 
-__all__ = ["ZeroShotResult", "embed_images", "embed_texts", "prepare_image", "prepare_images", "zero_shot_classify"]
+__all__ = [
+    "ImagePreprocess",
+    "ZeroShotResult",
+    "embed_images",
+    "embed_texts",
+    "prepare_image",
+    "prepare_images",
+    "zero_shot_classify",
+]
 
 #: ITU-R BT.601 luma weights (the decoder's colour-to-grey rule).
 _LUMA = (0.299, 0.587, 0.114)
@@ -84,7 +96,11 @@ def _match_channels(x: torch.Tensor, channels: int, what: str) -> torch.Tensor:
     if c == 3 and channels == 1:
         w = torch.tensor(_LUMA, dtype=torch.float64)
         return (x.to(torch.float64) * w[:, None, None]).sum(0, keepdim=True).to(torch.float32)
-    raise ValueError(f"{what}: images must have 1 or 3 channels, got {c} (shape {tuple(x.shape)})")
+    hint = ""
+    if x.ndim == 3 and x.shape[-1] in (1, 3, 4):
+        hint = (f"; a ({x.shape[0]}, {x.shape[1]}, {x.shape[2]}) array looks channels-last (H, W, C): pass "
+                "array.transpose(2, 0, 1) or a PIL image")
+    raise ValueError(f"{what}: images must have 1 or 3 channels, got {c} (shape {tuple(x.shape)}){hint}")
 
 
 def _pil_to_tensor(image: Any) -> torch.Tensor:
@@ -130,7 +146,8 @@ def _prepare(image: Any, pp: Preprocessing, what: str) -> torch.Tensor:
         window = tuple(pp.window) if isinstance(pp.window, list) else pp.window
         return load_image(image, size=pp.image_size, channels=pp.channels, resize=pp.resize, window=window)
     if isinstance(image, np.ndarray):
-        image = torch.from_numpy(np.ascontiguousarray(image))
+        arr = np.ascontiguousarray(image)
+        image = torch.from_numpy(arr if arr.flags.writeable else arr.copy())  # np.asarray(PIL image) is read-only
     if isinstance(image, torch.Tensor):
         x = image.detach().cpu()
         if x.ndim == 2:
@@ -144,6 +161,61 @@ def _prepare(image: Any, pp: Preprocessing, what: str) -> torch.Tensor:
         raise TypeError(f"{what}: expected a file path, PIL image, tensor or array, got {type(image).__name__}")
     x = _match_channels(x, pp.channels, what)
     return resize_image(x, pp.image_size, pp.resize)
+
+
+class ImagePreprocess:
+    """A model's evaluation transform, open_clip's ``preprocess``: one image -> the (C, H, W) tensor ``encode_image`` takes.
+
+    It applies the model's :class:`~unimlip_kit.models.hub.Preprocessing` (a saved folder's
+    ``preprocessor_config.json``): a file path is decoded by :func:`unimlip_kit.data.load_image`
+    (PNG/JPEG incl. 16-bit, DICOM and NIfTI with the saved CT ``window``); a PIL image, tensor or
+    array follows the rules of this module's docstring; then ``channels`` and ``image_size`` with the
+    ``resize`` mode. The result is float32 (C, H, W) in [0, 1], exactly what :func:`prepare_image`
+    returns and :func:`embed_images` feeds the model. ``pixel_mean`` / ``pixel_std`` are *not* applied:
+    the model applies them inside ``encode_image`` (normalising here would do it twice). No random
+    augmentation: this is the evaluation path. Picklable, so it can be a Dataset's transform in
+    DataLoader workers.
+
+    ``UniMlipModel.from_pretrained(folder, return_transform=True)`` returns ``(model, preprocess)``;
+    :meth:`from_model` builds one for a model in memory.
+
+    Example:
+        >>> from unimlip_kit.models import UniMlipModel, UniMlipModelConfig
+        >>> model = UniMlipModel(UniMlipModelConfig(vision_layers=1, text_layers=1, image_size=32, embed_dim=16)).eval()
+        >>> preprocess = ImagePreprocess.from_model(model)
+        >>> preprocess
+        ImagePreprocess(image_size=32, channels=1, resize='pad', window=None)
+        >>> x = preprocess(np.full((40, 48), 255, dtype=np.uint8))      # a grey 8-bit array (H, W)
+        >>> x.shape, float(x.max())
+        (torch.Size([1, 32, 32]), 1.0)
+        >>> model.encode_image(torch.stack([x, x])).shape
+        torch.Size([2, 16])
+    """
+
+    def __init__(self, preprocessing: Preprocessing) -> None:
+        if not isinstance(preprocessing, Preprocessing):
+            raise TypeError(f"preprocessing must be a Preprocessing, got {type(preprocessing).__name__}")
+        self.preprocessing = preprocessing
+
+    @classmethod
+    def from_model(cls, model: Any) -> "ImagePreprocess":
+        """The transform of ``model``'s preprocessing (the saved one, else the one its config implies).
+
+        Example:
+            >>> from unimlip_kit.models import UniMlipModel, UniMlipModelConfig
+            >>> ImagePreprocess.from_model(UniMlipModel(UniMlipModelConfig(vision_layers=1, text_layers=1, image_size=16)))
+            ImagePreprocess(image_size=16, channels=1, resize='pad', window=None)
+        """
+        return cls(_preprocessing(model, None))
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        """One image (file path, PIL image, tensor or array) as float32 (C, H, W) in [0, 1] at the model's size."""
+        return _prepare(image, self.preprocessing, "image")
+
+    def __repr__(self) -> str:
+        pp = self.preprocessing
+        return (f"{type(self).__name__}(image_size={pp.image_size}, channels={pp.channels}, resize={pp.resize!r}, "
+                f"window={pp.window!r})")
 
 
 def prepare_images(images: Any, preprocessing: Preprocessing) -> torch.Tensor:

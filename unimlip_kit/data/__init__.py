@@ -17,11 +17,13 @@ from unimlip_kit.data.records import UNKNOWN_LABEL, UNKNOWN_MODALITY, ImageTextR
 from unimlip_kit.data.resize import RESIZE_MODES, resize_image
 from unimlip_kit.data.roco import ROCO_SPLITS, read_pmc_names, read_roco, roco_split_dir
 from unimlip_kit.data.skips import SKIP_REASONS, SkipCounter
-from unimlip_kit.data.shards import (ShardInfo, ShardLoader, is_shard_source, list_shards, open_shards, read_shard_metadata,
-                                     write_shards)
+from unimlip_kit.data.shards import (ShardInfo, ShardLoader, conversion_skips, is_shard_source, list_shards, open_shards,
+                                     read_shard_metadata, write_shards)
 # Synthetic-generator internals (SceneSpec, render_scene, generate_samples, ...) are importable here for older
 # code but not public: use SyntheticConfig + build_synthetic_dataset / load_synthetic_records.
 from unimlip_kit.data.synth_render import SceneSpec, render_scene  # noqa: F401
+from unimlip_kit.data.sources import (FOLDER_LABELS, SOURCE_KINDS, TABLE_SUFFIXES, align_labels, class_names,
+                                      describe_source, hold_out, read_image_folder, read_source, source_kind)
 from unimlip_kit.data.synthetic import (
     FINDING_CLASSES,
     GENERATOR_VERSION,
@@ -45,6 +47,7 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "EpochSampler",
     "FINDING_CLASSES",
+    "FOLDER_LABELS",
     "ImageDecodeError",
     "ImageTextCollate",
     "ImageTextDataset",
@@ -54,23 +57,30 @@ __all__ = [
     "ROCO_SPLITS",
     "SCENE_TYPES",
     "SKIP_REASONS",
+    "SOURCE_KINDS",
     "ShardInfo",
     "ShardLoader",
     "SkipCounter",
     "SkippedSample",
     "StepStream",
     "SyntheticConfig",
+    "TABLE_SUFFIXES",
     "UNKNOWN_LABEL",
     "UNKNOWN_MODALITY",
     "Volume",
     "WINDOW_PRESETS",
+    "align_labels",
     "axis_codes",
     "build_dataloader",
     "build_synthetic_dataset",
+    "class_names",
     "collate_image_text",
+    "conversion_skips",
     "default_cache_dir",
+    "describe_source",
     "dicom_linear_window",
     "group_ids_from_keys",
+    "hold_out",
     "image_format",
     "infer_modality",
     "is_shard_source",
@@ -84,16 +94,19 @@ __all__ = [
     "open_shards",
     "read_csv_pairs",
     "read_image_array",
+    "read_image_folder",
     "read_jsonl_pairs",
     "read_pairs",
     "read_pmc_names",
     "read_roco",
     "read_shard_metadata",
+    "read_source",
     "regroup_after_flip",
     "reorient",
     "resize_image",
     "resolve_window",
     "roco_split_dir",
+    "source_kind",
     "verify_records",
     "write_shards",
 ]

@@ -3,6 +3,7 @@
     python -m unimlip_kit.data synthetic --cache-dir /tmp/syn --preview syn.png   # build (or reuse), print a summary
     python -m unimlip_kit.data check /path/to/roco --split train --verify          # read a ROCO folder, report skips
     python -m unimlip_kit.data check pairs.csv --image-column file --caption-column text
+    python -m unimlip_kit.data check scans/ --label-column folder --verify              # images + .txt captions
     python -m unimlip_kit.data shards --from roco /path/to/roco --split train --out /data/shards --max-per-shard 1000
     python -m unimlip_kit.data shards --from csv pairs.csv --out shards/ --image-column file --caption-column text
     python -m unimlip_kit.data shards --from synthetic --n-train 2000 --out shards/   # builds (or reuses) the benchmark
@@ -20,7 +21,8 @@ from unimlip_kit.data.roco import ROCO_SPLITS, read_roco
 from unimlip_kit.data.shards import write_shards
 from unimlip_kit.data.skips import SkipCounter
 from unimlip_kit.data.synthetic import SyntheticConfig, build_synthetic_dataset
-from unimlip_kit.data.tabular import read_csv_pairs, read_jsonl_pairs, read_pairs
+from unimlip_kit.data.sources import read_source
+from unimlip_kit.data.tabular import read_csv_pairs, read_jsonl_pairs
 from unimlip_kit.data.verify import verify_records
 
 
@@ -90,11 +92,12 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument(f"--{name}", type=int, default=default)
     s.add_argument("--cache-dir", default=None)
     s.add_argument("--preview", type=Path, default=None, help="write a contact sheet PNG (+ .txt captions)")
-    c = sub.add_parser("check", help="read a ROCO folder or a CSV/JSONL table and report what would be skipped")
+    c = sub.add_parser("check", help="read a table, an image folder or a ROCO folder and report what would be skipped")
     c.add_argument("path", type=Path)
     c.add_argument("--split", default="train", choices=ROCO_SPLITS)
     c.add_argument("--image-column", default="image")
     c.add_argument("--caption-column", default="caption")
+    c.add_argument("--label-column", default=None, help="a table's class column, or 'folder' (class sub-folders)")
     c.add_argument("--verify", action="store_true", help="also decode every image")
     c.add_argument("--preview", type=Path, default=None)
     w = sub.add_parser("shards", help="write ROCO, a CSV/JSONL table or the synthetic benchmark as WebDataset tar shards")
@@ -126,11 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         records = read_roco(root, "train", skips=skips)
         print(f"synthetic dataset at {root}")
     else:
-        try:
-            if args.path.is_dir():
-                records = read_roco(args.path, args.split, skips=skips)
-            else:
-                records = read_pairs(args.path, image_column=args.image_column, caption_column=args.caption_column, skips=skips)
+        try:  # a table, an image folder with .txt captions or a ROCO folder (unimlip_kit.data.source_kind)
+            records = read_source(args.path, split=args.split, image_column=args.image_column,
+                                  caption_column=args.caption_column, label_column=args.label_column, skips=skips)
         except (ValueError, FileNotFoundError) as err:  # a wrong column name, encoding or folder: say it, no traceback
             p.error(str(err))
         if args.verify:

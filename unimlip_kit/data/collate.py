@@ -115,26 +115,42 @@ def regroup_after_flip(keys: Sequence[Sequence[str]], flipped: Sequence[bool], c
 class ImageTextCollate:
     """Picklable collate (DataLoader workers); ``image_shape`` (C, H, W) shapes an all-skipped batch.
 
+    Samples are dicts with ``image`` and ``caption`` (``id``, ``label``, ``group``, ``image_key``, ``modality``
+    optional: a sample without an id gets ``""`` in ``ids``), or skipped samples
+    (:class:`~unimlip_kit.data.SkippedSample`, ``(id, reason[, detail])``). Anything else raises ``TypeError``
+    naming the sample, instead of being counted as a skip with a made-up reason.
+
     Example:
         >>> s = [{"image": torch.zeros(1, 4, 4), "caption": "Left lesion.", "id": "a", "label": 2, "image_key": "a.png"},
         ...      {"image": torch.ones(1, 4, 4), "caption": "left lesion", "id": "b", "label": -1, "image_key": "b.png"}]
         >>> b = ImageTextCollate()(s)
         >>> b["images"].shape, b["labels"].tolist(), b["group_ids"].tolist(), b["modality"]
         (torch.Size([2, 1, 4, 4]), [2, -1], [0, 0], ['unknown', 'unknown'])
+        >>> ImageTextCollate()([{"image": torch.zeros(1, 4, 4), "caption": "CT."}])["ids"]
+        ['']
+        >>> ImageTextCollate()([{"caption": "CT."}])
+        Traceback (most recent call last):
+        ...
+        TypeError: sample 0 is neither an image-caption dict (with 'image' and 'caption') nor a skipped sample (id, reason[, detail]): a dict with keys ['caption']
     """
 
     def __init__(self, image_shape: Sequence[int] | None = None) -> None:
         self.image_shape = tuple(image_shape) if image_shape is not None else None
 
     def __call__(self, samples: Sequence[Any]) -> dict[str, Any]:
-        kept, skipped = [], []
-        for s in samples:
-            if isinstance(s, dict) and "image" in s:
+        kept, skipped, ids = [], [], []
+        for k, s in enumerate(samples):
+            if isinstance(s, dict) and "image" in s and "caption" in s:
                 kept.append(s)
+                ids.append("" if s.get("id") is None else str(s["id"]))
             elif s is None:
                 skipped.append(("?", "corrupt_image", "sample was None"))
-            else:  # SkippedSample or any (id, reason[, detail]) tuple
-                skipped.append(tuple(str(v) for v in s))
+            elif isinstance(s, (tuple, list)) and 2 <= len(s) <= 3:
+                skipped.append(tuple(str(v) for v in s))  # SkippedSample or any (id, reason[, detail]) tuple
+            else:
+                what = f"a dict with keys {sorted(s)}" if isinstance(s, dict) else f"a {type(s).__name__}"
+                raise TypeError(f"sample {k} is neither an image-caption dict (with 'image' and 'caption') nor a "
+                                f"skipped sample (id, reason[, detail]): {what}")
         if kept:
             images = torch.stack([s["image"] for s in kept])
         else:
@@ -150,7 +166,7 @@ class ImageTextCollate:
         return {
             "images": images,
             "captions": [s["caption"] for s in kept],
-            "ids": [str(s["id"]) for s in kept],
+            "ids": ids,
             "labels": torch.tensor([int(s.get("label", -1)) for s in kept], dtype=torch.long),
             "group_ids": group_ids_from_keys(keys) if kept else torch.zeros(0, dtype=torch.long),
             "group_keys": keys,  # the keys behind group_ids, to regroup after a transform that changes meaning

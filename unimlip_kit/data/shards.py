@@ -80,8 +80,8 @@ from unimlip_kit.utils.io import save_json
 from unimlip_kit.utils.optional import require
 from unimlip_kit.utils.seeding import derive_seed, make_generator, seed_worker
 
-__all__ = ["INDEX_NAME", "ShardInfo", "ShardLoader", "is_shard_source", "list_shards", "open_shards", "read_shard_metadata",
-           "write_shards"]
+__all__ = ["INDEX_NAME", "ShardInfo", "ShardLoader", "conversion_skips", "is_shard_source", "list_shards", "open_shards",
+           "read_shard_metadata", "write_shards"]
 
 #: Name of the index a folder of shards carries (sample counts; written by :func:`write_shards`).
 INDEX_NAME = "index.json"
@@ -217,7 +217,7 @@ def write_shards(
     save_json(out / INDEX_NAME, {
         "format": INDEX_FORMAT, "version": 1, "samples": sum(s.samples for s in written),
         "shards": [{"name": Path(s.path).name, "samples": s.samples, "bytes": Path(s.path).stat().st_size} for s in written],
-        "source": source, "skipped": skips.to_dict(),
+        "source": source, "skipped": skips.to_dict(max_examples=None),  # every id: a run on the shards counts them
     })
     return written
 
@@ -253,6 +253,37 @@ def _read_index(folder: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return index if isinstance(index, dict) and index.get("format") == INDEX_FORMAT else None
+
+
+def conversion_skips(source: str | os.PathLike, skips: SkipCounter) -> int:
+    """Add what :func:`write_shards` skipped while converting ``source``'s shards (their ``index.json``) to ``skips``.
+
+    Each skipped id is added under its reason with the detail prefixed ``while converting:``; an index written
+    before every id was kept (only counts and examples) adds the uncounted rest as ``<index>#<reason>#<n>``, so
+    the totals agree. Returns the number added; shards without an index add none.
+
+    Example:
+        >>> import tempfile
+        >>> from PIL import Image
+        >>> d = Path(tempfile.mkdtemp()); Image.new("L", (4, 4)).save(d / "a.png")
+        >>> recs = [ImageTextRecord("r0", d / "a.png", "CT."), ImageTextRecord("gone", d / "b.png", "MRI.")]
+        >>> _ = write_shards(recs, d / "out")
+        >>> c = SkipCounter(); conversion_skips(d / "out", c), c.items()["missing_image"]["gone"][:16]
+        (1, 'while converting')
+    """
+    folders = sorted({Path(p).parent for p in _expand(source)}) if not Path(source).is_dir() else [Path(source)]
+    added = 0
+    for folder in folders:
+        index = _read_index(folder)
+        skipped = (index or {}).get("skipped") or {}
+        for reason, n in (skipped.get("by_reason") or {}).items():
+            examples = (skipped.get("examples") or {}).get(reason) or []
+            for item_id, detail in examples:
+                skips.add(item_id, reason, f"while converting: {detail}")
+            for k in range(len(examples), int(n)):
+                skips.add(f"{folder / INDEX_NAME}#{reason}#{k}", reason, "while converting (id not kept in the index)")
+            added += max(int(n), len(examples))
+    return added
 
 
 def _expand(source: str | os.PathLike) -> list[str]:

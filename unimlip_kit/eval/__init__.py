@@ -7,7 +7,8 @@ from unimlip_kit.eval.linear_probe import DEFAULT_L2_GRID, LinearProbe, linear_p
 from unimlip_kit.eval.retrieval import (DEFAULT_CHUNK_SIZE, meaning_level_metrics, retrieval_metrics, retrieval_ranks,
                                        summarize_ranks)
 from unimlip_kit.eval.vqa import AnswerVocab, VQAClassifier, VQADataset, evaluate_vqa, train_vqa, vqa_accuracy
-from unimlip_kit.eval.vqa_data import VQASample, answer_type_of, normalize_answer, read_slake, read_synthetic_vqa, read_vqa_json, read_vqa_rad
+from unimlip_kit.eval.vqa_data import (VQASample, answer_type_of, normalize_answer, read_slake, read_synthetic_vqa, read_vqa_json,
+                                      read_vqa_rad, read_vqa_source)
 from unimlip_kit.eval.suite import (SYNTHETIC_IMAGE_QUESTIONS, TASKS, EvalConfig, evaluate_model, format_table, seeded_subset,
                                    synthetic_class_prompts)
 from unimlip_kit.eval.zero_shot import DEFAULT_TEMPLATES, prompt_ensemble, zero_shot_classifier, zero_shot_evaluate, zero_shot_logits
@@ -40,6 +41,7 @@ __all__ = [
     "read_synthetic_vqa",
     "read_vqa_json",
     "read_vqa_rad",
+    "read_vqa_source",
     "retrieval_metrics",
     "retrieval_ranks",
     "seeded_subset",

@@ -203,7 +203,9 @@ def evaluate_model(
             m.update(meaning_level_metrics(ev["image_emb"], ev["text_emb"], groups, chunk_size=cfg.chunk_size))
         out["retrieval"] = m
 
-    labelled = ev is not None and ev["labels"].numel() > 0 and bool((ev["labels"] >= 0).all())
+    # zero-shot and the probe score the labelled images (label >= 0); unlabelled ones are left out, and counted
+    known = ev["labels"] >= 0 if ev is not None else None
+    labelled = known is not None and bool(known.any())
     if "zero_shot" in cfg.tasks:
         if not labelled:
             out["skipped"]["zero_shot"] = "the evaluation records have no class labels"
@@ -213,27 +215,34 @@ def evaluate_model(
             def enc(texts: list[str]) -> torch.Tensor:
                 return encode_texts(model, tokenize, texts, batch_size=cfg.batch_size)
 
-            w = prompt_ensemble(enc, class_prompts) if class_prompts is not None else zero_shot_classifier(enc, class_names)
-            m = zero_shot_evaluate(ev["image_emb"], ev["labels"], w)
-            m["chance"] = 1.0 / w.shape[0]
-            out["zero_shot"] = m
+            w = prompt_ensemble(enc, class_prompts) if class_prompts is not None else \
+                zero_shot_classifier(enc, [str(n).replace("_", " ") for n in class_names])
+            if int(ev["labels"].max()) >= w.shape[0]:
+                out["skipped"]["zero_shot"] = (f"label {int(ev['labels'].max())} has no class name "
+                                               f"({w.shape[0]} names given)")
+            else:
+                m = zero_shot_evaluate(ev["image_emb"][known], ev["labels"][known], w)
+                m["chance"] = 1.0 / w.shape[0]
+                m["labelled_images"] = int(known.sum())
+                out["zero_shot"] = m
 
     if "linear_probe" in cfg.tasks:
-        train_sub = seeded_subset(train_records, cfg.probe_train_limit, cfg.seed, "probe")
+        train_sub = seeded_subset([r for r in train_records if r.label >= 0], cfg.probe_train_limit, cfg.seed, "probe")
         if not labelled or not train_sub:
             out["skipped"]["linear_probe"] = "the records have no class labels"
         else:
             tr = encode_loader(model, tokenize, _loader(train_sub, image_size, channels, cfg), text=False,
                                progress=progress, desc="embed probe train")
-            if bool((tr["labels"] < 0).any()):
-                out["skipped"]["linear_probe"] = "some training records have no class label"
+            if len(set(tr["labels"].tolist())) < 2:
+                out["skipped"]["linear_probe"] = "the labelled training images hold fewer than 2 classes"
             else:
                 c = int(max(int(tr["labels"].max()), int(ev["labels"].max()))) + 1
                 out["linear_probe"] = linear_probe_evaluate(
-                    tr["image_emb"], tr["labels"], ev["image_emb"], ev["labels"], num_classes=c,
+                    tr["image_emb"], tr["labels"], ev["image_emb"][known], ev["labels"][known], num_classes=c,
                     generator=make_generator(cfg.seed),
                 )
                 out["linear_probe"]["train_images"] = int(tr["image_emb"].shape[0])
+                out["linear_probe"]["labelled_images"] = int(known.sum())
 
     if "vqa" in cfg.tasks:
         keep = (lambda s: True) if cfg.vqa_question_types is None else \

@@ -43,6 +43,7 @@ __all__ = [
     "read_vqa_json",
     "read_synthetic_vqa",
     "read_vqa_rad",
+    "read_vqa_source",
 ]
 
 _CLOSED_ANSWERS = {"yes", "no"}
@@ -272,6 +273,35 @@ def read_vqa_json(
         skips=skips,
         source=path.name,
     )
+
+
+def read_vqa_source(path: str | os.PathLike, *, skips: _Skips | None = None) -> tuple[list[VQASample], list[VQASample]]:
+    """``(train, test)`` questions of a VQA source, its kind told by looking: SLAKE, VQA-RAD or a generic JSON list.
+
+    * a folder with ``train.json`` and ``test.json`` is SLAKE (:func:`read_slake`, English);
+    * a JSON list whose rows have ``phrase_type`` is VQA-RAD (:func:`read_vqa_rad`: ``test_*`` rows test);
+    * any other JSON list is the generic format of :func:`read_vqa_json`: rows with ``image`` (or
+      ``image_path``), ``question``, ``answer`` and ``split`` (``train`` / ``test``), images relative to the file.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> rows = [{"image": "a.png", "question": "Is there an effusion?", "answer": "yes", "split": s} for s in ("train", "test")]
+        >>> _ = (d / "qa.json").write_text(json.dumps(rows))
+        >>> [len(x) for x in read_vqa_source(d / "qa.json")]
+        [1, 1]
+    """
+    p = Path(path)
+    if p.is_dir():
+        if not ((p / "train.json").is_file() and (p / "test.json").is_file()):
+            raise FileNotFoundError(f"VQA folder {p} has no train.json and test.json (the SLAKE layout)")
+        return read_slake(p / "train.json", skips=skips), read_slake(p / "test.json", skips=skips)
+    if not p.is_file():
+        raise FileNotFoundError(f"no VQA file {p} (a VQA-RAD JSON, a SLAKE folder or a JSON list of questions)")
+    rows = _load_list(p)
+    if any(isinstance(r, Mapping) and "phrase_type" in r for r in rows):
+        return read_vqa_rad(p, split="train", skips=skips), read_vqa_rad(p, split="test", skips=skips)
+    return read_vqa_json(p, split="train", skips=skips), read_vqa_json(p, split="test", skips=skips)
 
 
 def read_synthetic_vqa(root: str | os.PathLike, split: str = "test", *, skips: _Skips | None = None) -> list[VQASample]:

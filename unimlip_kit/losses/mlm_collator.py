@@ -11,8 +11,9 @@ dropped and counted), tokenises the captions and masks them with
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Callable, Sequence
+import numbers
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable
 
 import torch
 
@@ -50,6 +51,76 @@ def _stack(values: list[Any]) -> Any:
     return values
 
 
+def _is_skip(sample: Any) -> bool:
+    """A skipped sample: ``None`` or a ``SkippedSample`` / ``(id, reason[, detail])`` tuple of strings."""
+    if sample is None:
+        return True
+    return isinstance(sample, tuple) and 2 <= len(sample) <= 3 and all(isinstance(v, str) for v in sample)
+
+
+def _is_integer_label(label: Any) -> bool:
+    if isinstance(label, torch.Tensor):
+        return label.numel() == 1 and not label.dtype.is_floating_point and not label.dtype.is_complex
+    return isinstance(label, numbers.Integral)
+
+
+def _checked_samples(samples: Sequence[Any]) -> list[Any]:
+    """Dataset samples as the default collate needs them, or a ValueError / TypeError naming the first bad one.
+
+    Kept samples are shallow copies with ``"id"`` set to ``""`` where absent and a ``None`` label removed
+    (the collate then records −1); skipped samples pass through.
+    """
+    if isinstance(samples, (str, bytes, Mapping)) or not isinstance(samples, Sequence):
+        raise TypeError(f"the collator takes a list of samples, got {type(samples).__name__}")
+    tokenised = [i for i, s in enumerate(samples) if isinstance(s, Mapping) and "input_ids" in s]
+    if tokenised:  # some, not all (all is the Hugging Face path)
+        other = next(i for i, s in enumerate(samples) if i not in tokenised)
+        raise ValueError(f"sample {tokenised[0]} is tokenised (has 'input_ids') but sample {other} is not: "
+                         "a batch holds either tokenised examples or dataset samples with 'caption'")
+    out: list[Any] = []
+    shape: tuple[tuple[int, ...], int] | None = None
+    for i, s in enumerate(samples):
+        if _is_skip(s):
+            out.append(s)
+            continue
+        if not isinstance(s, Mapping):
+            hint = (" (a tuple is read as a skipped sample (id, reason[, detail]) of strings)"
+                    if isinstance(s, (tuple, list)) else "")
+            raise TypeError(f"sample {i} is a {type(s).__name__}; expected a dict {{'image': (C, H, W) tensor, "
+                            f"'caption': str}} or a tokenised example with 'input_ids'{hint}")
+        if "caption" not in s:
+            raise ValueError(f"sample {i} has neither 'caption' (a string to tokenise) nor 'input_ids' "
+                             f"(a tokenised caption); its keys are {sorted(map(str, s))}")
+        if not isinstance(s["caption"], str):
+            raise TypeError(f"sample {i}: 'caption' must be a str, got {type(s['caption']).__name__}")
+        if "image" not in s:
+            raise ValueError(f"sample {i} has a caption but no 'image' (a (C, H, W) tensor); its keys are "
+                             f"{sorted(map(str, s))}")
+        image = s["image"]
+        if not isinstance(image, torch.Tensor) or image.ndim != 3:
+            tensor = isinstance(image, torch.Tensor)
+            got = f"shape {tuple(image.shape)}" if tensor else type(image).__name__
+            raise (ValueError if tensor else TypeError)(
+                f"sample {i}: 'image' must be a (C, H, W) tensor, got {got}; turn files, PIL images and arrays into "
+                "(C, H, W) tensors first (unimlip_kit.data.load_image, an ImageTextDataset, or a model's preprocess: "
+                "unimlip_kit.inference.ImagePreprocess)")
+        if shape is None:
+            shape = (tuple(image.shape), i)
+        elif tuple(image.shape) != shape[0]:
+            raise ValueError(f"sample {i}: image shape {tuple(image.shape)} differs from sample {shape[1]}'s "
+                             f"{shape[0]}; resize every image to one size (load_image(..., size=)) before collating")
+        label = s.get("label")
+        if label is not None and not _is_integer_label(label):
+            raise ValueError(f"sample {i}: 'label' must be an integer class index (-1 or None when unknown), "
+                             f"got {label!r}")
+        fixed = dict(s)
+        fixed.setdefault("id", "")
+        if label is None:
+            fixed.pop("label", None)
+        out.append(fixed)
+    return out
+
+
 class ImageTextMLMCollator:
     r"""Collate image-caption samples, tokenise the captions and apply BERT masking.
 
@@ -63,9 +134,14 @@ class ImageTextMLMCollator:
     tokens (Hugging Face draws them from the whole vocabulary), and
     ``min_one_target=True`` can force one target per caption.
 
-    Samples are either dataset samples ``{"image": (C, H, W), "caption": str, ...}``
-    (collated by ``collate``, default :class:`unimlip_kit.data.ImageTextCollate`)
-    or Hugging Face examples with ``"input_ids"`` (padded with ``tokenizer.pad``).
+    Samples are either dataset samples ``{"image": (C, H, W) tensor, "caption": str}``
+    with optional ``"id"``, ``"label"`` (int; ``None`` or −1 = unknown), ``"modality"``,
+    ``"image_key"`` and ``"group"`` (collated by ``collate``, default
+    :class:`unimlip_kit.data.ImageTextCollate`; a sample without ``"id"`` gets ``""`` in
+    the batch's ``ids``; ``None`` or a ``SkippedSample`` is dropped and listed in ``skipped``),
+    or Hugging Face examples with ``"input_ids"`` (padded with ``tokenizer.pad``). With the
+    default collate, a sample of another shape raises a ``ValueError`` naming the sample
+    and what it lacks (``TypeError`` for a wrong type).
     The batch gains ``input_ids`` and ``attention_mask`` (the unmasked caption, for
     ITC and ITM) and, under ``masked_key`` / ``labels_key`` (default
     ``mlm_input_ids`` / ``mlm_labels``, the keys :class:`unimlip_kit.models.UniMlipModel`
@@ -89,6 +165,12 @@ class ImageTextMLMCollator:
         >>> sel = batch["mlm_labels"] != -100
         >>> bool(torch.isin(batch["input_ids"][sel], torch.tensor(tok.all_special_ids)).any())
         False
+        >>> collate([{"image": torch.zeros(1, 4, 4), "caption": "Axial CT."}])["ids"]  # ids are optional
+        ['']
+        >>> collate([{"image": torch.zeros(1, 4, 4), "text": "Axial CT."}])
+        Traceback (most recent call last):
+        ...
+        ValueError: sample 0 has neither 'caption' (a string to tokenise) nor 'input_ids' (a tokenised caption); its keys are ['image', 'text']
     """
 
     def __init__(
@@ -138,6 +220,8 @@ class ImageTextMLMCollator:
         self.masked_key = masked_key
         self.labels_key = labels_key
         self.generator = generator
+        # Samples are checked (and "id" made optional) only for the default collate: a custom one defines its own samples.
+        self._check = collate is None
         if collate is None:
             from unimlip_kit.data.collate import ImageTextCollate
 
@@ -164,10 +248,16 @@ class ImageTextMLMCollator:
             for key in [k for k in samples[0] if k not in _TEXT_KEYS]:
                 batch[key] = _stack([s.get(key) for s in samples])
             return batch
+        if self._check:
+            samples = _checked_samples(samples)
         batch = dict(self.collate(samples))
         if self.caption_key not in batch:
             raise ValueError(f"the collate returned no {self.caption_key!r} key (keys: {sorted(batch)})")
         captions = list(batch[self.caption_key])
+        if not captions:  # every sample skipped (or none given): no rows, the keys kept
+            empty = torch.zeros(0, 0, dtype=torch.long)
+            batch["input_ids"], batch["attention_mask"] = empty, empty.clone()
+            return batch
         enc = self.tokenizer(captions, padding=self.padding, truncation=self.truncation, max_length=self.max_length,
                              pad_to_multiple_of=self.pad_to_multiple_of, return_tensors="pt",
                              return_attention_mask=True)

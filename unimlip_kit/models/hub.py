@@ -241,14 +241,36 @@ class UniMlipHubMixin(
     tokenizer: Any = None
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *args: Any, **kwargs: Any) -> Any:
-        """huggingface_hub's ``from_pretrained``; a local folder's ``config.json`` is read first, so that a file cut
-        in half fails naming itself (the mixin's own ``json.load`` would not). Example: the class docstring.
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *args: Any, return_transform: bool = False,
+                        **kwargs: Any) -> Any:
+        """huggingface_hub's ``from_pretrained``: the model (eval mode, ``tokenizer`` and ``preprocessing`` attached).
+
+        With ``return_transform=True`` it returns ``(model, preprocess)`` as open_clip's
+        ``create_model_from_pretrained`` does: ``preprocess`` is the model's evaluation transform
+        (:class:`unimlip_kit.inference.ImagePreprocess` of the folder's saved :class:`Preprocessing`),
+        mapping a file path, PIL image, tensor or array to the (C, H, W) tensor ``encode_image`` takes.
+        A local folder's ``config.json`` is read first, so that a file cut in half fails naming itself
+        (the mixin's own ``json.load`` would not).
+
+        Example:
+            >>> import tempfile
+            >>> from unimlip_kit.models import UniMlipModel
+            >>> folder = tempfile.mkdtemp()
+            >>> UniMlipModel(UniMlipModelConfig(vision_layers=1, text_layers=1, image_size=32, embed_dim=16)).save_pretrained(folder)
+            >>> model, preprocess = UniMlipModel.from_pretrained(folder, return_transform=True)
+            >>> x = preprocess(torch.randint(0, 256, (50, 40), dtype=torch.uint8))   # any size, 8-bit grey
+            >>> x.shape, model.encode_image(x[None]).shape
+            (torch.Size([1, 32, 32]), torch.Size([1, 16]))
         """
         local = Path(str(pretrained_model_name_or_path))
         if local.is_dir() and (local / CONFIG_NAME).is_file():
             load_json(local / CONFIG_NAME)
-        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        if not return_transform:
+            return model
+        from unimlip_kit.inference import ImagePreprocess  # the layer above: the one image decoder lives there
+
+        return model, ImagePreprocess.from_model(model)
     #: How inputs are prepared (:class:`Preprocessing`); None means :meth:`Preprocessing.from_config`.
     preprocessing: Preprocessing | None = None
 
@@ -395,6 +417,10 @@ from unimlip_kit.inference import embed_images, embed_texts
 model = UniMlipModel.from_pretrained("this folder or owner/name")
 image_emb = embed_images(model, ["scan.png"])        # (N, {cfg.embed_dim}), unit norm
 text_emb = embed_texts(model, ["chest x-ray, no focal lesion"])
+
+# or with the evaluation transform, as open_clip returns it
+model, preprocess = UniMlipModel.from_pretrained("this folder or owner/name", return_transform=True)
+image_emb = model.encode_image(preprocess("scan.png")[None])
 ```
 {tok}"""
 

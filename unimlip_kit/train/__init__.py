@@ -18,8 +18,10 @@ and ``[wandb]``.
 from unimlip_kit.train.cli import FLAGS, Flag, ParsedArgs, parse_recipe_args
 from unimlip_kit.train.config import LOGGERS, AugmentConfig, DataConfig, LossConfig, RecipeConfig, TrainConfig
 from unimlip_kit.train.device import log0, resolve_device, setup_distributed
-from unimlip_kit.train.evaluation import RunData, evaluate_run, evaluate_run_folder, load_records, load_run_data
-from unimlip_kit.train.optim import build_optimizer, cosine_with_warmup, default_no_decay, param_groups
+from unimlip_kit.train.evaluation import (BEST_MODEL, VAL_KEYS, RunData, RunPairs, Validation, evaluate_run, evaluate_run_folder, load_records,
+                                         load_run_data, load_run_vqa, read_run_pairs, validate)
+from unimlip_kit.train.optim import (build_optimizer, cosine_with_warmup, default_no_decay, param_groups, resolve_warmup,
+                                     schedule_notes)
 from unimlip_kit.train.report import Loggers, plot_losses, summary_table, write_csv
 from unimlip_kit.train.run import (SAFE_RESUME_KEYS, CheckpointWriteError, CorruptCheckpointError, ResumeError,
                                    build_run_model, find_checkpoint, find_weights, verify_checkpoint,
@@ -30,6 +32,7 @@ from unimlip_kit.train.views import VIEW_PRESETS, BatchMaker
 
 __all__ = [
     "AugmentConfig",
+    "BEST_MODEL",
     "BatchMaker",
     "CheckpointWriteError",
     "CorruptCheckpointError",
@@ -44,11 +47,14 @@ __all__ = [
     "RecipeConfig",
     "ResumeError",
     "RunData",
+    "RunPairs",
     "SAFE_RESUME_KEYS",
     "StepOutput",
     "TrainConfig",
     "TrainParts",
+    "VAL_KEYS",
     "VIEW_PRESETS",
+    "Validation",
     "build_optimizer",
     "build_run_model",
     "cosine_with_warmup",
@@ -63,21 +69,26 @@ __all__ = [
     "load_run_config",
     "load_run_data",
     "load_run_tokenizer",
+    "load_run_vqa",
     "log0",
     "param_groups",
     "parse_recipe_args",
     "plot_losses",
     "prepare_tokenizer",
+    "read_run_pairs",
     "resolve_device",
+    "resolve_warmup",
     "restore_checkpoint",
     "resume_config",
     "save_backbones",
     "save_checkpoint",
     "save_run_config",
+    "schedule_notes",
     "setup_distributed",
     "summary_table",
     "train_step",
     "use_bf16",
+    "validate",
     "verify_checkpoint",
     "write_csv",
 ]

@@ -65,7 +65,21 @@ _PROGRESS = Flag("--no-progress", "progress", "no progress bars", switch="false"
 #: The flags of every recipe, in one place: recipe name -> its shorthands.
 FLAGS: dict[str, tuple[Flag, ...]] = {
     "uni_mlip_roco": (
-        Flag("--data-root", "data.root", "ROCO folder or WebDataset shards (default: the synthetic benchmark)"),
+        Flag("--data-root", "data.root", "the training pairs: a CSV/TSV/JSONL table, an image folder with .txt captions, "
+             "a ROCO folder or WebDataset shards (default: the synthetic benchmark)"),
+        Flag("--train-data", "data.root", "the same as --data-root (open_clip's name)"),
+        Flag("--val-data", "data.eval_root", "the held-out pairs (a table, an image folder or ROCO); default: ROCO's "
+             "test split, or a seeded data.val_fraction of a table or folder"),
+        Flag("--image-column", "data.image_column", "a table's image-path column (default image)"),
+        Flag("--caption-column", "data.caption_column", "a table's caption column (default caption)"),
+        Flag("--zeroshot-labels", "data.label_column", "classes for zero-shot and the linear probe: a table's label "
+             "column, or 'folder' for an image folder's class sub-folders"),
+        Flag("--vqa", "data.vqa", "VQA questions for the vqa task: a VQA-RAD JSON, a SLAKE folder or a JSON list"),
+        Flag("--tasks", "eval.tasks", "evaluation at the end: retrieval zero_shot linear_probe vqa", many=True),
+        Flag("--val-every", "train.val_every", "validate on held-out pairs every N steps (R@1, loss; log.csv)"),
+        Flag("--keep-best", "train.keep_best", "keep <run>/model_best/ at the best validation R@1", switch="true"),
+        Flag("--ckpt-every", "train.ckpt_every", "checkpoint every N steps"),
+        Flag("--threads", "threads", "torch CPU threads (0: torch's default, all cores)"),
         Flag("--output-dir", "output_dir", "the run folder"),
         Flag("--max-steps", "train.max_steps", "optimizer steps"),
         Flag("--seed", "seed"),
@@ -174,6 +188,8 @@ def parse_recipe_args(recipe: str, argv: Sequence[str] | None, *, description: s
         ['tokenizer=bert/tiny']
         >>> parse_recipe_args("evaluate", ["--tasks", "retrieval", "vqa", "--run-dir", "r"]).overrides
         ['run_dir=r', 'eval.tasks=[retrieval, vqa]']
+        >>> parse_recipe_args("uni_mlip_roco", ["--tasks", "retrieval", "train.lr=1"]).overrides
+        ['train.lr=1', 'eval.tasks=[retrieval]']
         >>> parse_recipe_args("ablation", ["--eval-set", "vqa_epochs=1", "--train-set", "train.lr=1"]).overrides
         ['train_set=[train.lr=1]', 'eval.vqa_epochs=1']
     """
@@ -197,6 +213,13 @@ def parse_recipe_args(recipe: str, argv: Sequence[str] | None, *, description: s
     for names, kw in extra:
         p.add_argument(*names, **kw)
     args = p.parse_intermixed_args(list(argv) if argv is not None else None)
+    for f in flags:  # `--tasks retrieval train.lr=1`: a KEY=VALUE after a list flag is an override, not a value
+        v = getattr(args, f.dest)
+        if f.many and isinstance(v, list):
+            setattr(args, f.dest, [x for x in v if "=" not in x])
+            args.overrides += [x for x in v if "=" in x]
+            if not getattr(args, f.dest):
+                p.error(f"{f.flag} needs at least one value")
     for item in args.overrides:
         if "=" not in item:
             p.error(f"{item!r} is not a key=value override (options start with --; see --help)")

@@ -26,22 +26,41 @@ LOGGERS = ("csv", "tensorboard", "wandb")
 
 @dataclass
 class DataConfig:
-    """Where the pairs come from.
+    """Where the pairs come from: the synthetic benchmark, a table, an image folder, ROCO or shards.
 
-    ``root=None`` builds the synthetic benchmark (``synthetic``) in ``cache_dir``
-    (default ``$UNIMLIP_CACHE`` or ``~/.cache/unimlip_kit``) and reads it with the
-    ROCO reader; otherwise ``root`` is a ROCO checkout
-    (``<root>/data/{train,validation,test}/radiology/captions.txt``) or WebDataset
-    tar shards (a folder of ``*.tar`` or a brace pattern, :func:`~unimlip_kit.data.is_shard_source`;
-    ``python -m unimlip_kit.data shards`` writes them), which train with ``train_split`` ignored.
-    ``eval_root`` is where evaluation reads ``eval_split`` (and, for shards, the linear probe's
-    ``train_split``): a ROCO checkout, since evaluation reads image files (shards are refused, naming
-    the key); ``None`` means ``root`` when that is a ROCO checkout (or the synthetic benchmark); with
-    shards and no ``eval_root`` the evaluation tasks are skipped, saying why.
+    ``root`` (``--data-root`` / ``--train-data``) is any source of :func:`~unimlip_kit.data.source_kind`:
+
+    * ``None``: the synthetic benchmark (``synthetic``), built once in ``cache_dir`` (default
+      ``$UNIMLIP_CACHE`` or ``~/.cache/unimlip_kit``) and read with the ROCO reader;
+    * a CSV/TSV/JSONL table of image paths and captions: columns ``image_column`` (default ``image``) and
+      ``caption_column`` (default ``caption``), optionally ``id_column``, ``label_column`` and
+      ``group_column`` (e.g. a patient id); image paths relative to the table's folder or ``image_root``;
+    * a folder of images with sidecar captions (``x.png`` + ``x.txt``, ``caption_suffix``), DICOM too;
+    * a ROCO checkout (``<root>/data/{train,validation,test}/radiology/captions.txt``): ``train_split``;
+    * WebDataset tar shards (a folder of ``*.tar`` or a brace pattern; ``python -m unimlip_kit.data shards``
+      writes them): streamed, ``train_split`` ignored; what the conversion skipped is counted in the run.
+
+    ``eval_root`` (``--val-data``) is the held-out pairs that evaluation (and validation during training)
+    reads: a ROCO checkout (its ``eval_split``), a table or an image folder (all of it). ``None`` means:
+    ROCO and the synthetic benchmark use their own ``eval_split``; a table or an image folder holds out a
+    seeded ``val_fraction`` of its pairs (by group when ``group_column`` is set,
+    :func:`~unimlip_kit.data.hold_out`); shards have no held-out pairs, so evaluation is skipped, saying why.
+
+    ``label_column`` (``--zeroshot-labels``) gives the classes for zero-shot and the linear probe: a column
+    of the table (class names, used as the zero-shot prompts, or indices), or ``folder`` for an image
+    folder's class sub-folders (``root/<class>/x.png``). ``vqa`` names VQA questions for the VQA task: a
+    VQA-RAD JSON, a SLAKE folder or a JSON list with ``image``, ``question``, ``answer`` and ``split``
+    (:func:`~unimlip_kit.eval.read_vqa_source`).
 
     Example:
         >>> DataConfig().root is None, DataConfig().eval_root, DataConfig().synthetic.n_train, DataConfig().eval_split
         (True, None, 2000, 'test')
+        >>> DataConfig().image_column, DataConfig().caption_column, DataConfig().val_fraction
+        ('image', 'caption', 0.1)
+        >>> DataConfig(val_fraction=1.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: data.val_fraction must be in (0, 1), got 1.0
     """
 
     root: str | None = None
@@ -53,6 +72,20 @@ class DataConfig:
     limit_train: int | None = None  # keep only the first N training pairs (quick runs)
     limit_eval: int | None = 1000  # retrieval gallery size (chance R@1 = 1 / gallery)
     num_workers: int = 0
+    # a table's columns (and an image folder's labels: label_column=folder)
+    image_column: str = "image"
+    caption_column: str = "caption"
+    id_column: str | None = None
+    label_column: str | None = None
+    group_column: str | None = None
+    image_root: str | None = None  # a table's image paths are relative to this (default: the table's folder)
+    caption_suffix: str = ".txt"  # an image folder's sidecar captions
+    val_fraction: float = 0.1  # held out of a table or image folder when eval_root is None (seeded by `seed`)
+    vqa: str | None = None  # VQA questions for eval task vqa (the synthetic benchmark has its own)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
 
 
 @dataclass
@@ -110,6 +143,12 @@ class TrainConfig:
     so the lr reaches ``lr · min_lr_ratio`` when the budget runs out. A budgeted run depends on the machine's
     speed and is not reproducible step for step; resumed, the budget counts from the resume.
 
+    ``warmup_steps=None`` (the default) warms up over 5% of ``max_steps``, at most 50 steps
+    (:func:`~unimlip_kit.train.resolve_warmup`): 50 at the default 1000 steps, 3 for a 50-step run, whose
+    learning rate would otherwise still be rising at its last step. The run writes the number it used into
+    its ``config.yaml``, so ``--resume train.max_steps=...`` keeps it; the recipe logs the schedule and says
+    when it is unusual (:func:`~unimlip_kit.train.schedule_notes`).
+
     Example:
         >>> t = TrainConfig(); t.batch_size, t.max_steps, t.lr, t.loggers, t.max_seconds
         (32, 1000, 0.001, ['csv'], None)
@@ -127,7 +166,8 @@ class TrainConfig:
     max_steps: int = 1000
     lr: float = 1e-3
     weight_decay: float = 0.05
-    warmup_steps: int = 50
+    # None: 5% of max_steps, at most 50 (resolve_warmup); the run saves the resolved number in config.yaml
+    warmup_steps: int | None = None
     min_lr_ratio: float = 0.05  # cosine decays to lr * min_lr_ratio
     grad_clip: float = 1.0  # max global grad norm (0 = off)
     amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 on CUDA, off on CPU (fp16 is not supported)
@@ -143,12 +183,28 @@ class TrainConfig:
     # max_nonfinite_steps such steps in a row.
     on_nonfinite: Literal["stop", "skip"] = "stop"
     max_nonfinite_steps: int = 3
+    # Validation during training on a seeded subset of val_pairs held-out pairs (retrieval R@1 and the
+    # contrastive loss, logged as val_* beside the losses): every val_every steps and/or val_every_minutes.
+    # keep_best: also save <run>/model_best/ (a from_pretrained folder) at the best mean val R@1.
+    val_every: int | None = None
+    val_every_minutes: float | None = None
+    val_pairs: int = 256
+    keep_best: bool = False
 
     def __post_init__(self) -> None:
         if self.max_seconds is not None and not self.max_seconds > 0:
             raise ValueError(f"train.max_seconds must be > 0 seconds or None (no budget), got {self.max_seconds}")
         if self.max_nonfinite_steps < 1:
             raise ValueError(f"train.max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ValueError(f"train.warmup_steps must be >= 0 or None (5% of max_steps, at most 50), "
+                             f"got {self.warmup_steps}")
+        if self.val_every is not None and self.val_every < 1:
+            raise ValueError(f"train.val_every must be >= 1 step or None (no validation by steps), got {self.val_every}")
+        if self.val_every_minutes is not None and not self.val_every_minutes > 0:
+            raise ValueError(f"train.val_every_minutes must be > 0 or None, got {self.val_every_minutes}")
+        if self.val_pairs < 2:
+            raise ValueError(f"train.val_pairs must be >= 2 (retrieval needs a gallery), got {self.val_pairs}")
         if self.ckpt_every_minutes is not None and not self.ckpt_every_minutes > 0:
             raise ValueError(f"train.ckpt_every_minutes must be > 0 minutes or None (steps only), "
                              f"got {self.ckpt_every_minutes}")

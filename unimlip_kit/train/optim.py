@@ -5,6 +5,8 @@
 * :func:`cosine_with_warmup`: linear warm-up, then cosine decay to ``min_ratio`` (SGDR, Loshchilov &
   Hutter 2017, without restarts); VQA fine-tuning uses it with no warm-up and ``min_ratio = 0``.
 * :func:`build_optimizer`: the recipe's AdamW (``betas = (0.9, 0.98)``, CLIP's) and its ``LambdaLR``.
+* :func:`resolve_warmup` / :func:`schedule_notes`: the warm-up a run uses (5% of ``max_steps``, at most 50,
+  unless set) and what is unusual about a schedule, said before the run starts.
 """
 
 from __future__ import annotations
@@ -15,7 +17,13 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-__all__ = ["build_optimizer", "cosine_with_warmup", "default_no_decay", "param_groups"]
+__all__ = ["WARMUP_CAP", "WARMUP_FRACTION", "build_optimizer", "cosine_with_warmup", "default_no_decay", "param_groups",
+           "resolve_warmup", "schedule_notes"]
+
+#: ``warmup_steps=None``: warm up over this fraction of ``max_steps`` ...
+WARMUP_FRACTION = 0.05
+#: ... and at most this many steps (the recipe's fixed warm-up before it scaled with the run).
+WARMUP_CAP = 50
 
 
 def default_no_decay(name: str, param: torch.Tensor) -> bool:
@@ -77,11 +85,49 @@ def cosine_with_warmup(step: int, warmup: int, total: int, min_ratio: float) -> 
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def resolve_warmup(train: Any) -> int:
+    """The warm-up steps of ``train``: ``warmup_steps`` when set, else ``ceil(5% · max_steps)`` capped at 50.
+
+    Example:
+        >>> from unimlip_kit.train import TrainConfig
+        >>> [resolve_warmup(TrainConfig(max_steps=n)) for n in (1, 50, 1000, 100_000)], resolve_warmup(TrainConfig(warmup_steps=7))
+        ([1, 3, 50, 50], 7)
+    """
+    if train.warmup_steps is not None:
+        return int(train.warmup_steps)
+    return min(WARMUP_CAP, math.ceil(WARMUP_FRACTION * train.max_steps))
+
+
+def schedule_notes(train: Any) -> list[str]:
+    """What is unusual about a warm-up + cosine schedule, one sentence each (``[]`` when nothing is).
+
+    Flags a warm-up that takes more than a quarter of the run (the lr peaks late, the cosine has little
+    room), a warm-up longer than the run (the lr never reaches ``lr``) and runs too short for the
+    cross-modal terms to learn much (under 100 steps: the R@1 of such a run is not a verdict on the model).
+
+    Example:
+        >>> from unimlip_kit.train import TrainConfig
+        >>> schedule_notes(TrainConfig()), len(schedule_notes(TrainConfig(max_steps=50, warmup_steps=50)))
+        ([], 2)
+    """
+    warm, total = resolve_warmup(train), int(train.max_steps)
+    notes = []
+    if warm >= total:
+        notes.append(f"the warm-up ({warm} steps) is as long as the run ({total}): the lr rises for the whole run and "
+                     f"never decays; unset train.warmup_steps for 5% of max_steps")
+    elif warm > total / 4:
+        notes.append(f"the warm-up ({warm} steps) is {warm / total:.0%} of the run ({total}): the lr peaks late")
+    if total < 100:
+        notes.append(f"{total} steps is a short run: expect low retrieval and ITM near chance; the default run "
+                     f"trains 1000 steps")
+    return notes
+
+
 def build_optimizer(model: nn.Module, train: Any) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """The recipe's AdamW over :func:`param_groups` and its warm-up + cosine ``LambdaLR``.
 
-    ``train`` is a :class:`~unimlip_kit.train.TrainConfig` (``lr``, ``weight_decay``, ``warmup_steps``,
-    ``max_steps``, ``min_lr_ratio``).
+    ``train`` is a :class:`~unimlip_kit.train.TrainConfig` (``lr``, ``weight_decay``, ``warmup_steps``
+    (:func:`resolve_warmup`), ``max_steps``, ``min_lr_ratio``).
 
     Example:
         >>> from unimlip_kit.train import TrainConfig
@@ -90,6 +136,7 @@ def build_optimizer(model: nn.Module, train: Any) -> tuple[torch.optim.Optimizer
         ((0.9, 0.98), [0.05, 0.05])
     """
     opt = torch.optim.AdamW(param_groups(model, train.weight_decay), lr=train.lr, betas=(0.9, 0.98))
+    warmup = resolve_warmup(train)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: cosine_with_warmup(s, train.warmup_steps, train.max_steps, train.min_lr_ratio))
+        opt, lambda s: cosine_with_warmup(s, warmup, train.max_steps, train.min_lr_ratio))
     return opt, sched

@@ -28,24 +28,29 @@ __all__ = ["NOT_LOSSES", "Loggers", "plot_losses", "summary_table", "write_csv"]
 NOT_LOSSES = ("step", "lr", "logit_scale", "logit_bias", "pairs_per_s")
 
 
+def _columns(history: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Every key of the rows in order of first appearance (validation keys join the rows of the steps that validated)."""
+    return list(dict.fromkeys(k for row in history for k in row))
+
+
 def write_csv(history: Sequence[Mapping[str, float]], path: str | Path) -> None:
-    """One row per logged step, one column per key of the first row (``log.csv``), written atomically.
+    """One row per logged step, one column per key of any row (``log.csv``; empty where a row lacks it), atomically.
 
     Example:
         >>> import tempfile
-        >>> p = Path(tempfile.mkdtemp()) / "log.csv"; write_csv([{"step": 1, "total": 2.5}], p)
+        >>> p = Path(tempfile.mkdtemp()) / "log.csv"; write_csv([{"step": 1, "total": 2.5}, {"step": 2, "val_R@1": 0.5}], p)
         >>> p.read_text().splitlines()
-        ['step,total', '1,2.5']
+        ['step,total,val_R@1', '1,2.5,', '2,,0.5']
     """
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(history[0]))
+    w = csv.DictWriter(buf, fieldnames=_columns(history))
     w.writeheader()
     w.writerows(history)
     atomic_write(path, buf.getvalue())
 
 
 def plot_losses(history: Sequence[Mapping[str, float]], path: str | Path) -> list[str]:
-    """``loss_curves.png``: one panel per loss term (the weighted total first), each on its own y scale.
+    """``loss_curves.png``: one panel per loss term (the weighted total first, validation ``val_*`` after), each on its own y scale.
 
     A single axis let the total set the scale and squashed the terms near zero; here every term gets
     a panel with its own range (log scale when the term is positive and spans more than a factor of 10).
@@ -61,14 +66,14 @@ def plot_losses(history: Sequence[Mapping[str, float]], path: str | Path) -> lis
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [k for k in history[0] if k not in NOT_LOSSES]
+    keys = [k for k in _columns(history) if k not in NOT_LOSSES]
     keys = sorted(keys, key=lambda k: k != "total")  # total first, the terms in logged order
     cols = min(3, len(keys))
     rows = math.ceil(len(keys) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.6 * rows), squeeze=False)
-    steps = [h["step"] for h in history]
     for ax, k in zip(axes.flat, keys):
-        ys = [h.get(k, float("nan")) for h in history]
+        rows = [h for h in history if k in h]  # validation keys exist on the steps that validated only
+        steps, ys = [h["step"] for h in rows], [h[k] for h in rows]
         ax.plot(steps, ys, lw=1.5, color="black" if k == "total" else None, marker="." if len(ys) < 30 else None)
         finite = [y for y in ys if y == y and math.isfinite(y)]
         if finite and min(finite) > 0 and max(finite) / min(finite) > 10:

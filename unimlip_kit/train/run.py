@@ -10,6 +10,7 @@ Layout (``output_dir``)::
                                    skips, history) + manifest.json (each file's size and SHA-256), written
                                    in a hidden folder and renamed into place: only complete ones exist
     log.csv, loss_curves.png, metrics.json, summary.md, model/ (UniMlipModel.save_pretrained)
+    model_best/                    with train.keep_best: the model at the best validation R@1 (+ best.json)
 
 :func:`load_run` rebuilds ``(model, tokenize, config)`` from the folder alone, on any machine.
 
@@ -36,6 +37,7 @@ import torch
 import yaml
 from torch import nn
 
+from unimlip_kit.data import is_shard_source, source_kind
 from unimlip_kit.train.config import RecipeConfig
 from unimlip_kit.utils.config import apply_overrides, config_from_dict, config_to_dict, load_config, save_config
 from unimlip_kit.utils.io import CorruptFileError, atomic_write, load_json, load_safetensors, load_torch
@@ -75,7 +77,8 @@ SAFE_RESUME_KEYS = (
     "train.max_steps", "train.log_every", "train.ckpt_every", "train.ckpt_every_minutes", "train.keep_checkpoints",
     "train.loggers",
     "train.wandb_project", "progress", "device", "threads", "output_dir", "data.num_workers", "data.cache_dir",
-    "data.eval_root", "eval.*",
+    "data.eval_root", "data.vqa", "train.val_every", "train.val_every_minutes", "train.val_pairs", "train.keep_best",
+    "eval.*",
 )
 #: Keys the recipe sets from the tokenizer: kept from the saved config on resume, never compared.
 DERIVED_KEYS = ("model.vocab_size", "model.pad_token_id", "model.mask_token_id", "model.special_token_ids")
@@ -230,6 +233,8 @@ def resume_config(run_dir: str | Path, overrides: Sequence[str] = (), config_fil
     changed = {k: (old_flat.get(k), new_flat.get(k)) for k in keys
                if old_flat.get(k) != new_flat.get(k) and k not in DERIVED_KEYS and k != "output_dir"}
     refused = {k: v for k, v in changed.items() if not any(fnmatch(k, pat) for pat in safe)}
+    if None in changed.get("data.eval_root", (0, 0)) and _holds_out(saved.data.root):
+        refused["data.eval_root"] = changed["data.eval_root"]  # a table's own hold-out would join or leave training
     if refused:
         listed = ", ".join(f"{k} (saved {a!r}, given {b!r})" for k, (a, b) in refused.items())
         raise ResumeError(
@@ -241,6 +246,14 @@ def resume_config(run_dir: str | Path, overrides: Sequence[str] = (), config_fil
         setattr(getattr(new, section), name, getattr(getattr(saved, section), name))
     new.output_dir = str(run_dir)
     return new, changed
+
+
+def _holds_out(root: str | None) -> bool:
+    """Whether a run on ``root`` trains on what is left after holding out validation pairs (a table or folder)."""
+    try:
+        return root is not None and source_kind(root) in ("table", "folder")
+    except (OSError, ValueError):  # the data moved: the saved config is all we know
+        return root is not None and not Path(root).is_dir() and not is_shard_source(root)
 
 
 # ----------------------------------------------------------------------------- tokenizer and model
