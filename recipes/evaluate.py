@@ -5,6 +5,7 @@
     python recipes/evaluate.py --run-dir RUN --vqa-rad "/data/VQA_RAD/VQA_RAD Dataset Public.json"
     python recipes/evaluate.py --run-dir RUN --slake /data/Slake1.0 --tasks vqa
     python recipes/evaluate.py --run-dir RUN eval.vqa_epochs=10 eval.probe_train_limit=null
+    python recipes/evaluate.py --run-dir RUN --zeroshot-labels diagnosis     # a run on a table: its own held-out pairs
     python recipes/evaluate.py --config my_eval.yaml                         # any EvaluateConfig keys
 
 Tasks (``--tasks`` = ``eval.tasks``, default all four):
@@ -45,7 +46,8 @@ class EvaluateConfig:
 
     run_dir: str | None = None  # a recipes/uni_mlip_roco.py run folder (required)
     checkpoint: str | None = None  # a checkpoints/step_* folder (default: the last one)
-    data_root: str | None = None  # ROCO-layout folder (default: the run's own data)
+    data_root: str | None = None  # a table, an image folder or a ROCO folder (default: the run's own held-out pairs)
+    zeroshot_labels: str | None = None  # the classes: a table's label column or "folder" (default: the run's)
     class_names: list[str] | None = None  # zero-shot class names for labelled real data
     vqa_rad: str | None = None  # VQA-RAD JSON: trains on freeform/para questions, tests on test_*
     slake: str | None = None  # SLAKE folder with train.json, test.json and imgs/ (English questions)
@@ -62,6 +64,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit("evaluate.py needs a run folder: --run-dir RUN (or run_dir=RUN)")
     run_dir = Path(cfg.run_dir)
     model, tokenize, rcfg = load_run(run_dir, checkpoint=cfg.checkpoint, device=resolve_device(cfg.device))
+    if cfg.zeroshot_labels is not None:  # labels for a run trained without them: the split stays the run's
+        rcfg.data = dataclasses.replace(rcfg.data, label_column=cfg.zeroshot_labels)
     progress = cfg.progress and rcfg.progress
     metrics = evaluate_run_folder(model, tokenize, rcfg, cfg.eval, data_root=cfg.data_root, class_names=cfg.class_names,
                                   vqa_rad=cfg.vqa_rad, slake=cfg.slake, progress=progress)

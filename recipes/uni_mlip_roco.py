@@ -66,7 +66,7 @@ from unimlip_kit.eval import format_table
 from unimlip_kit.losses import DEFAULT_WEIGHTS, UniMlipLoss
 from unimlip_kit.models.hub import Preprocessing
 from unimlip_kit.train import (BEST_MODEL, BatchMaker, Loggers, NonFiniteLossError, RecipeConfig, StepOutput, TrainParts,
-                               Validation, build_optimizer, build_run_model, cosine_with_warmup, evaluate_run,
+                               Validation, build_optimizer, build_run_model, evaluate_run,
                                find_checkpoint, load_recipe_config, load_run_data, load_run_tokenizer, load_run_vqa, log0,
                                parse_recipe_args, plot_losses, prepare_tokenizer, resolve_warmup, restore_checkpoint,
                                resume_config, save_backbones, save_checkpoint, save_run_config, schedule_notes,
@@ -178,7 +178,17 @@ def train_and_evaluate(cfg: RecipeConfig, ckpt: Path | None, resuming: bool, dev
     loss_fn = UniMlipLoss(cfg.loss.weights, image_ssl=cfg.loss.image_ssl, itc_loss=cfg.loss.itc_loss,
                           image_temperature=cfg.loss.image_temperature, text_temperature=cfg.loss.text_temperature)
     terms = loss_fn.enabled_terms
-    opt, sched = build_optimizer(model, cfg.train)
+    started: list[float] = []  # the training clock, started at the first step (for train.max_seconds)
+
+    def elapsed() -> float:  # training seconds on rank 0's clock: every rank gets the same lr and stops at the same step
+        spent = time.time() - started[0] - validation.seconds if started else 0.0  # validating is not training
+        c = torch.tensor([spent], dtype=torch.float64, device=device)
+        if is_distributed():
+            dist.broadcast(c, 0)
+        return float(c)
+
+    # warm-up + cosine over max_steps, or over the time budget train.max_seconds when that ends first (lr_multiplier)
+    opt, sched = build_optimizer(model, cfg.train, clock=elapsed)
     n_params = sum(p.numel() for p in model.parameters())
     log0(f"[model] {n_params / 1e6:.2f} M parameters; terms {terms}")
 
@@ -209,17 +219,24 @@ def train_and_evaluate(cfg: RecipeConfig, ckpt: Path | None, resuming: bool, dev
     loggers = Loggers(cfg.train.loggers if rank == 0 else [], run_dir, config=config_to_dict(cfg),
                       project=cfg.train.wandb_project)
     preprocessing = Preprocessing.from_config(cfg.model)
-    validation = Validation(cfg, eval_recs if rank == 0 else [], history=history, run_dir=run_dir,
+    validation = Validation(cfg, (data.val_records or []) if rank == 0 else [], history=history,
+                            run_dir=run_dir if rank == 0 else None, resumed=ckpt is not None,
                             save_best=lambda folder: model.save_pretrained(folder, tokenizer=tokenizer,
                                                                            preprocessing=preprocessing))
     if validation.enabled:
         t = cfg.train
         when = ([f"{t.val_every} steps"] if t.val_every is not None else []) + \
             ([f"{t.val_every_minutes:g} min"] if t.val_every_minutes is not None else [])
-        log0(f"[val] on {len(validation.records)} held-out pairs every {' or '.join(when)}"
+        log0(f"[val] on {len(validation.records)} pairs of {data.info['validated_on']} every {' or '.join(when)}"
              + (f"; the best model is kept in {run_dir / BEST_MODEL}" if t.keep_best else ""))
+        if len(validation.records) < 10:
+            log0(f"[val] note: {len(validation.records)} validation pairs make a coarse R@1 (steps of "
+                 f"{1 / max(1, len(validation.records)):.2f}); hold out more (data.val_fraction) for a useful one")
     elif cfg.train.val_every is not None or cfg.train.val_every_minutes is not None:
         log0("[val] no held-out pairs: no validation during training")
+    if cfg.train.keep_best and not validation.enabled:
+        log0("[val] note: train.keep_best keeps the best validated model, but this run does not validate "
+             "(set --val-every or train.val_every_minutes)")
 
     # ---- train
     model.train()
@@ -229,18 +246,9 @@ def train_and_evaluate(cfg: RecipeConfig, ckpt: Path | None, resuming: bool, dev
 
         bar = tqdm(total=cfg.train.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
     t_train, pairs_seen = time.time(), 0
+    started.append(t_train)
     budget = cfg.train.max_seconds  # wall-time budget (None: max_steps only)
 
-    def elapsed() -> float:  # training seconds on rank 0's clock: every rank gets the same lr and stops at the same step
-        c = torch.tensor([time.time() - t_train], dtype=torch.float64, device=device)
-        if is_distributed():
-            dist.broadcast(c, 0)
-        return float(c)
-
-    if budget is not None:  # the schedule's progress is max(step / max_steps, elapsed / max_seconds)
-        t = cfg.train
-        sched.lr_lambdas = [lambda s: cosine_with_warmup(max(s, elapsed() / budget * t.max_steps), resolve_warmup(t),
-                                                         t.max_steps, t.min_lr_ratio)] * len(opt.param_groups)
     def close_early() -> None:
         """Stopping before the evaluation (a signal, a NaN): close what is open; wait for rank 0's checkpoint."""
         if bar is not None:
@@ -344,7 +352,7 @@ def train_and_evaluate(cfg: RecipeConfig, ckpt: Path | None, resuming: bool, dev
                       "pairs_per_s_this_session": pairs_seen / max(train_wall, 1e-9),
                       "terms": terms, "parameters": n_params, "world_size": world, "device": str(device),
                       "final_losses": history[-1] if history else {},
-                      "warmup_steps": cfg.train.warmup_steps,
+                      "warmup_steps": cfg.train.warmup_steps, "val_seconds": validation.seconds,
                       "best_val_R@1": validation.best if validation.best > float("-inf") else None},
             "total_wall_s": time.time() - t_start,
             "meta": run_metadata(),

@@ -50,3 +50,30 @@ def roco_captions() -> list[str]:
     with open(ROCO_CAPTIONS, encoding="utf-8", newline="") as fh:
         rows = list(csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
     return [r["caption"] for r in rows]
+
+
+@pytest.fixture
+def killed_run(monkeypatch):
+    """``killed_run(argv, step)``: the training recipe run with ``argv`` and killed right after its step-``step`` checkpoint.
+
+    The kill is a ``KeyboardInterrupt`` raised once the checkpoint is on disk, as a preempted job dies; the
+    resume tests compare ``--resume`` from there with an uninterrupted run.
+    """
+    from recipes import uni_mlip_roco
+
+    def run(argv: list[str], step: int) -> None:
+        original = uni_mlip_roco.save_checkpoint
+
+        def save_then_die(run_dir, at, *a, **k):
+            original(run_dir, at, *a, **k)
+            if at == step:
+                raise KeyboardInterrupt(f"simulated kill after the step-{step} checkpoint")
+
+        monkeypatch.setattr(uni_mlip_roco, "save_checkpoint", save_then_die)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                uni_mlip_roco.main(argv)
+        finally:
+            monkeypatch.setattr(uni_mlip_roco, "save_checkpoint", original)
+
+    return run

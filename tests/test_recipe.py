@@ -73,22 +73,10 @@ def test_siglip_itc_runs_through_the_recipe_with_a_learned_bias(tmp_path, cache)
     assert 0.0 <= metrics["retrieval"]["i2t"]["R@1"] <= 1.0
 
 
-def test_resume_gives_the_same_result(tmp_path, cache, monkeypatch):
+def test_resume_gives_the_same_result(tmp_path, cache, killed_run):
     args = TINY + ["--max-steps", "4", "train.ckpt_every=2", "train.keep_checkpoints=3"]
     full = uni_mlip_roco.main(args + ["--output-dir", str(tmp_path / "full")])
-
-    mod = uni_mlip_roco
-    original = mod.save_checkpoint
-
-    def save_then_die(run_dir, step, *a, **k):
-        original(run_dir, step, *a, **k)
-        if step == 2:
-            raise KeyboardInterrupt("simulated kill after the step-2 checkpoint")
-
-    monkeypatch.setattr(mod, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        mod.main(args + ["--output-dir", str(tmp_path / "killed")])
-    monkeypatch.setattr(mod, "save_checkpoint", original)
+    killed_run(args + ["--output-dir", str(tmp_path / "killed")], step=2)
     resumed = uni_mlip_roco.main(args + ["--output-dir", str(tmp_path / "killed"), "--resume"])
 
     assert resumed["retrieval"]["i2t"] == full["retrieval"]["i2t"]

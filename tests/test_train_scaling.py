@@ -55,23 +55,13 @@ def test_grad_accum_16x4_ends_two_steps_with_the_weights_of_batch_64(tmp_path, c
     assert plain["train"]["final_losses"]["itc"] < fb["itc"]  # log(16) < log(64) at chance
 
 
-def test_grad_accum_with_every_term_runs_and_resumes_bit_identically(tmp_path, cache, monkeypatch):
+def test_grad_accum_with_every_term_runs_and_resumes_bit_identically(tmp_path, cache, killed_run):
     """All six terms with dropout and augmentation under gradient caching; killed after step 1 and resumed."""
     args = TINY + ["--max-steps", "2", "--grad-accum", "2", "--batch-size", "4", "train.ckpt_every=1",
                    "eval.tasks=[]"]
     full = uni_mlip_roco.main(args + ["--output-dir", str(tmp_path / "full")])
     assert set(full["train"]["final_losses"]) >= {"itc", "itc_feature", "image_ssl", "text_ssl", "itm", "mlm", "total"}
-    original = uni_mlip_roco.save_checkpoint
-
-    def save_then_die(run_dir, step, *a, **k):
-        original(run_dir, step, *a, **k)
-        if step == 1:
-            raise KeyboardInterrupt("simulated kill after the step-1 checkpoint")
-
-    monkeypatch.setattr(uni_mlip_roco, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        uni_mlip_roco.main(args + ["--output-dir", str(tmp_path / "killed")])
-    monkeypatch.setattr(uni_mlip_roco, "save_checkpoint", original)
+    killed_run(args + ["--output-dir", str(tmp_path / "killed")], step=1)
     uni_mlip_roco.main(args + ["--output-dir", str(tmp_path / "killed"), "--resume"])
     a, b = weights(tmp_path / "full", 2), weights(tmp_path / "killed", 2)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -301,6 +301,191 @@ def _check_micro(m: int, b: Mapping[str, torch.Tensor]) -> int:
     return int(n)
 
 
+# ---------------------------------------------------------------------------------------------- the four stages
+class _PerPairPlan(NamedTuple):
+    """Stage 3's result: ITM's hard negatives over the whole batch and the per-pair terms' denominators."""
+
+    t4i: torch.Tensor | None  # per image row, the global row of its hard negative text (-1: none); None without ITM
+    i4t: torch.Tensor | None  # per text row, the global row of its hard negative image (-1: none)
+    itm_total: int  # ITM pairs over the accumulated batch (positives and negatives)
+    mlm_total: int  # masked tokens over the accumulated batch
+
+
+def _embed_without_graph(core: nn.Module, batches: Sequence[Mapping[str, torch.Tensor]], terms: set[str],
+                         per_pair: Sequence[str], generator: torch.Generator | None, reseed: Callable[[int], None],
+                         restore: Callable[[], None] | None):
+    """Stage 1: every micro-batch's contrastive outputs without a graph, concatenated over the accumulated batch.
+
+    Micro-batch ``m`` runs after ``reseed(m)``; with MLM its masked inputs are drawn here once (the replay
+    reuses them). BatchNorm running statistics are restored afterwards. A NaN or infinity met by any rank
+    raises :class:`NonFiniteError` on every rank (one all-reduce) before stage 2's gathers. ``restore``
+    (given when the step drew its own streams) runs before that error and before returning, so that stage
+    3's hard negatives come from the caller's generator as it stood at entry.
+
+    Returns:
+        ``(cache, mlm_inputs, groups, offsets, device)``: the (N, ...) outputs by key, each micro-batch's
+        ``(input_ids, labels)`` for MLM, its ``(size, group_ids)``, the row offsets ``[0, B_0, B_0 + B_1, ...]``
+        and the first micro-batch's device.
+    """
+    saved_bn = _batchnorm_buffers(core)
+    cached: dict[str, list[torch.Tensor]] = {}
+    mlm_inputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+    sizes: list[int] = []
+    groups: list[tuple[int, torch.Tensor | None]] = []
+    nonfinite: NonFiniteError | None = None
+    with torch.no_grad():
+        for m in range(len(batches)):
+            batch = batches[m]  # a lazy Sequence may rebuild the micro-batch on each access
+            sizes.append(_check_micro(m, batch))
+            groups.append((sizes[-1], batch.get("group_ids")))
+            if m == 0:
+                device = batch["images"].device
+            reseed(m)
+            try:
+                out, _, _ = _tower_outputs(core, batch, terms, generator)
+            except NonFiniteError as err:
+                nonfinite = err
+                break
+            bad = [k for k, v in out.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+            if bad:
+                nonfinite = NonFiniteError(f"micro-batch {m}: {', '.join(bad)} contain NaN or infinite values",
+                                           name=bad[0])
+                break
+            for k, v in out.items():
+                cached.setdefault(k, []).append(v.detach())
+            if "mlm" in per_pair:
+                mlm_inputs.append(tuple(t.detach() for t in core._masked(batch, generator)))
+    _restore_buffers(saved_bn)
+    # every rank learns of a NaN any of them met before the gathers of stage 2, so none is left waiting there
+    if any_rank(nonfinite is not None, device):
+        if restore is not None:
+            restore()
+        raise nonfinite or NonFiniteError("another rank's embeddings contain NaN or infinite values", name="embeddings")
+    offsets = torch.tensor([0] + sizes).cumsum(0)
+    if restore is not None:
+        restore()  # the hard negatives of stage 3 come from the caller's generator as it stood at entry
+    cache = {k: torch.cat(v) for k, v in cached.items()}
+    return cache, mlm_inputs, groups, offsets, device
+
+
+def _contrastive_gradients(core: nn.Module, loss_fn: nn.Module, cache: dict[str, torch.Tensor],
+                           contrastive: Sequence[str], scale: torch.Tensor,
+                           extra_outputs: Mapping[str, torch.Tensor] | None
+                           ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Stage 2: the contrastive terms over the whole accumulated batch and the gradient of every embedding row.
+
+    The cached embeddings are made leaves in place, the weighted sum of ``contrastive`` runs once (the losses
+    gather every rank's batch) and one backward gives each row its gradient; the logit scale's (and bias's)
+    gradient goes straight to ``.grad``. Returns ``(values, grads)``: each term's detached value, and the
+    (N, ...) gradient of each embedding key. Both empty when no contrastive term is on.
+    """
+    weights = loss_fn.weights
+    values: dict[str, torch.Tensor] = {}
+    grads: dict[str, torch.Tensor] = {}
+    if contrastive:
+        leaves = {k: v.requires_grad_(True) for k, v in cache.items() if k in _EMBEDDING_KEYS}
+        inputs: dict[str, Any] = dict(leaves, logit_scale=scale)
+        bias = getattr(core, "logit_bias", None)
+        if bias is not None:
+            inputs["logit_bias"] = bias() if callable(bias) else bias
+        inputs.update(extra_outputs or {})
+        total_c = None
+        for t in contrastive:
+            missing = [k for k in loss_fn.term_keys(t) if inputs.get(k) is None]
+            if missing:
+                raise ValueError(f"term {t!r} needs {missing}; the model gives {sorted(cache)} "
+                                 f"(SigLIP needs a logit_bias: build the model with logit_bias_init, or pass extra_outputs={{'logit_bias': ...}})")
+            value = getattr(loss_fn, f"loss_{t}")(inputs)
+            values[t] = value.detach()
+            total_c = weights[t] * value if total_c is None else total_c + weights[t] * value
+        total_c.backward()
+        grads = {k: v.grad for k, v in leaves.items() if v.grad is not None}
+    return values, grads
+
+
+def _hard_negatives_and_totals(cache: dict[str, torch.Tensor], scale: torch.Tensor, per_pair: Sequence[str],
+                               groups: Sequence[tuple[int, torch.Tensor | None]], group_ids: torch.Tensor | None,
+                               mlm_inputs: Sequence[tuple[torch.Tensor, torch.Tensor]], offsets: torch.Tensor,
+                               device: torch.device, generator: torch.Generator | None) -> _PerPairPlan:
+    """Stage 3: ITM's hard negatives over the whole accumulated batch, and the ITM pairs and masked tokens in all.
+
+    Same-group pairs are excluded (``group_ids``, else the micro-batches' groups renumbered apart); the
+    negatives are drawn from ``generator``. Raises when ``group_ids`` does not cover the batch or MLM finds
+    no masked token anywhere.
+    """
+    n = int(offsets[-1])
+    t4i = i4t = None
+    itm_total = mlm_total = 0
+    if "itm" in per_pair:
+        ids = group_ids if group_ids is not None else _renumber_groups(groups)
+        if ids is not None and tuple(ids.shape) != (n,):
+            raise ValueError(f"group_ids must have shape ({n},) for the accumulated batch, got {tuple(ids.shape)}")
+        t4i, i4t = sample_hard_negatives(cache["image_emb"].detach(), cache["text_emb"].detach(), scale.detach(),
+                                         ids=None if ids is None else ids.to(device), generator=generator)
+        itm_total = n + int((t4i >= 0).sum()) + int((i4t >= 0).sum())
+    if "mlm" in per_pair:
+        mlm_total = sum(int((lab != -100).sum()) for _, lab in mlm_inputs)
+        if mlm_total == 0:
+            raise ValueError("the mlm term found no masked token in the whole accumulated batch")
+    return _PerPairPlan(t4i, i4t, itm_total, mlm_total)
+
+
+def _replay_with_graph(core: nn.Module, loss_fn: nn.Module, batches: Sequence[Mapping[str, torch.Tensor]],
+                       terms: set[str], per_pair: Sequence[str], generator: torch.Generator | None,
+                       reseed: Callable[[int], None], restore: Callable[[], None] | None, *, offsets: torch.Tensor,
+                       grads: Mapping[str, torch.Tensor], plan: _PerPairPlan,
+                       mlm_inputs: Sequence[tuple[torch.Tensor, torch.Tensor]], device: torch.device
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stage 4: replay each micro-batch with a graph and backpropagate its rows' cached gradients and per-pair terms.
+
+    Micro-batch ``m`` runs again after ``reseed(m)``; one ``torch.autograd.backward(embeddings + [per-pair
+    loss], grads + [1])``, ITM weighted by its pairs over ``plan.itm_total`` (partners in other micro-batches
+    recomputed with a graph) and MLM by its masked tokens over ``plan.mlm_total``. With the step's own
+    streams, they are restored afterwards and the generator left where stage 3 left it. Returns the
+    detached ITM and MLM values over the accumulated batch.
+    """
+    weights = loss_fn.weights
+    t4i, i4t, itm_total, mlm_total = plan
+    gen_after = generator.get_state() if restore is not None and generator is not None else None
+    itm_sum = torch.zeros((), device=device)
+    mlm_sum = torch.zeros((), device=device)
+    for m in range(len(batches)):
+        batch = batches[m]
+        reseed(m)
+        r0, r1 = int(offsets[m]), int(offsets[m + 1])
+        out, img_tokens, txt_hidden = _tower_outputs(core, batch, terms, generator)
+        tensors = [out[k] for k in grads]
+        tensor_grads = [grads[k][r0:r1] for k in grads]
+        pair_loss = None
+        if "itm" in per_pair:
+            logits, labels = _itm_micro(core, batches, batch, offsets, m, img_tokens, txt_hidden, t4i, i4t)
+            part = loss_fn.loss_itm({"itm_logits": logits, "itm_labels": labels}) * (labels.shape[0] / itm_total)
+            itm_sum += part.detach()
+            pair_loss = weights["itm"] * part
+        if "mlm" in per_pair:
+            mlm_ids, mlm_labels = mlm_inputs[m]
+            selected = mlm_labels != -100
+            k_m = int(selected.sum())
+            if k_m:
+                mask = batch.get("attention_mask")
+                fused = core.fuse(core.text_hidden(mlm_ids, mask), mask, img_tokens)
+                part = loss_fn.loss_mlm({"mlm_logits": core.mlm_head(fused[selected]),
+                                         "mlm_labels": mlm_labels[selected]}) * (k_m / mlm_total)
+                mlm_sum += part.detach()
+                pair_loss = weights["mlm"] * part if pair_loss is None else pair_loss + weights["mlm"] * part
+        if pair_loss is not None:
+            tensors.append(pair_loss)
+            tensor_grads.append(torch.ones_like(pair_loss))
+        if tensors:
+            torch.autograd.backward(tensors, tensor_grads)
+        del out, img_tokens, txt_hidden, tensors, tensor_grads
+    if restore is not None:
+        restore()
+        if gen_after is not None:
+            generator.set_state(gen_after)
+    return itm_sum, mlm_sum
+
+
 # ---------------------------------------------------------------------------------------------- the step
 def grad_cache_step(
     model: nn.Module,
@@ -376,125 +561,14 @@ def grad_cache_step(
     if reseed is None:
         reseed, restore = _own_streams(generator)
 
-    # ---- 1. embed every micro-batch without a graph (BatchNorm statistics restored afterwards)
-    saved_bn = _batchnorm_buffers(core)
-    cached: dict[str, list[torch.Tensor]] = {}
-    mlm_inputs: list[tuple[torch.Tensor, torch.Tensor]] = []
-    sizes: list[int] = []
-    groups: list[tuple[int, torch.Tensor | None]] = []
-    nonfinite: NonFiniteError | None = None
-    with torch.no_grad():
-        for m in range(len(batches)):
-            batch = batches[m]  # a lazy Sequence may rebuild the micro-batch on each access
-            sizes.append(_check_micro(m, batch))
-            groups.append((sizes[-1], batch.get("group_ids")))
-            if m == 0:
-                device = batch["images"].device
-            reseed(m)
-            try:
-                out, _, _ = _tower_outputs(core, batch, terms, generator)
-            except NonFiniteError as err:
-                nonfinite = err
-                break
-            bad = [k for k, v in out.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-            if bad:
-                nonfinite = NonFiniteError(f"micro-batch {m}: {', '.join(bad)} contain NaN or infinite values",
-                                           name=bad[0])
-                break
-            for k, v in out.items():
-                cached.setdefault(k, []).append(v.detach())
-            if "mlm" in per_pair:
-                mlm_inputs.append(tuple(t.detach() for t in core._masked(batch, generator)))
-    _restore_buffers(saved_bn)
-    # every rank learns of a NaN any of them met before the gathers of stage 2, so none is left waiting there
-    if any_rank(nonfinite is not None, device):
-        if restore is not None:
-            restore()
-        raise nonfinite or NonFiniteError("another rank's embeddings contain NaN or infinite values", name="embeddings")
-    offsets = torch.tensor([0] + sizes).cumsum(0)
-    n = int(offsets[-1])
-    if restore is not None:
-        restore()  # the hard negatives below come from the caller's generator as it stood at entry
-    cache = {k: torch.cat(v) for k, v in cached.items()}
-    del cached
-
-    # ---- 2. contrastive terms over the whole accumulated batch; gradients of the embeddings
-    values: dict[str, torch.Tensor] = {}
-    grads: dict[str, torch.Tensor] = {}
-    scale = core.logit_scale()
-    if contrastive:
-        leaves = {k: v.requires_grad_(True) for k, v in cache.items() if k in _EMBEDDING_KEYS}
-        inputs: dict[str, Any] = dict(leaves, logit_scale=scale)
-        bias = getattr(core, "logit_bias", None)
-        if bias is not None:
-            inputs["logit_bias"] = bias() if callable(bias) else bias
-        inputs.update(extra_outputs or {})
-        total_c = None
-        for t in contrastive:
-            missing = [k for k in loss_fn.term_keys(t) if inputs.get(k) is None]
-            if missing:
-                raise ValueError(f"term {t!r} needs {missing}; the model gives {sorted(cache)} "
-                                 f"(SigLIP needs a logit_bias: build the model with logit_bias_init, or pass extra_outputs={{'logit_bias': ...}})")
-            value = getattr(loss_fn, f"loss_{t}")(inputs)
-            values[t] = value.detach()
-            total_c = weights[t] * value if total_c is None else total_c + weights[t] * value
-        total_c.backward()
-        grads = {k: v.grad for k, v in leaves.items() if v.grad is not None}
-        del leaves, inputs
-
-    # ---- 3. ITM hard negatives over the whole accumulated batch
-    itm_total = mlm_total = 0
-    if "itm" in per_pair:
-        ids = group_ids if group_ids is not None else _renumber_groups(groups)
-        if ids is not None and tuple(ids.shape) != (n,):
-            raise ValueError(f"group_ids must have shape ({n},) for the accumulated batch, got {tuple(ids.shape)}")
-        t4i, i4t = sample_hard_negatives(cache["image_emb"].detach(), cache["text_emb"].detach(), scale.detach(),
-                                         ids=None if ids is None else ids.to(device), generator=generator)
-        itm_total = n + int((t4i >= 0).sum()) + int((i4t >= 0).sum())
-    if "mlm" in per_pair:
-        mlm_total = sum(int((lab != -100).sum()) for _, lab in mlm_inputs)
-        if mlm_total == 0:
-            raise ValueError("the mlm term found no masked token in the whole accumulated batch")
-    del cache
-    gen_after = generator.get_state() if restore is not None and generator is not None else None
-
-    # ---- 4. replay each micro-batch with a graph; backpropagate the cached gradients and the per-pair terms
-    itm_sum = torch.zeros((), device=device)
-    mlm_sum = torch.zeros((), device=device)
-    for m in range(len(batches)):
-        batch = batches[m]
-        reseed(m)
-        r0, r1 = int(offsets[m]), int(offsets[m + 1])
-        out, img_tokens, txt_hidden = _tower_outputs(core, batch, terms, generator)
-        tensors = [out[k] for k in grads]
-        tensor_grads = [grads[k][r0:r1] for k in grads]
-        pair_loss = None
-        if "itm" in per_pair:
-            logits, labels = _itm_micro(core, batches, batch, offsets, m, img_tokens, txt_hidden, t4i, i4t)
-            part = loss_fn.loss_itm({"itm_logits": logits, "itm_labels": labels}) * (labels.shape[0] / itm_total)
-            itm_sum += part.detach()
-            pair_loss = weights["itm"] * part
-        if "mlm" in per_pair:
-            mlm_ids, mlm_labels = mlm_inputs[m]
-            selected = mlm_labels != -100
-            k_m = int(selected.sum())
-            if k_m:
-                mask = batch.get("attention_mask")
-                fused = core.fuse(core.text_hidden(mlm_ids, mask), mask, img_tokens)
-                part = loss_fn.loss_mlm({"mlm_logits": core.mlm_head(fused[selected]),
-                                         "mlm_labels": mlm_labels[selected]}) * (k_m / mlm_total)
-                mlm_sum += part.detach()
-                pair_loss = weights["mlm"] * part if pair_loss is None else pair_loss + weights["mlm"] * part
-        if pair_loss is not None:
-            tensors.append(pair_loss)
-            tensor_grads.append(torch.ones_like(pair_loss))
-        if tensors:
-            torch.autograd.backward(tensors, tensor_grads)
-        del out, img_tokens, txt_hidden, tensors, tensor_grads
-    if restore is not None:
-        restore()
-        if gen_after is not None:
-            generator.set_state(gen_after)
+    cache, mlm_inputs, groups, offsets, device = _embed_without_graph(core, batches, terms, per_pair, generator, reseed,
+                                                                      restore)
+    scale = core.logit_scale()  # stages 2 and 3 read the same one
+    values, grads = _contrastive_gradients(core, loss_fn, cache, contrastive, scale, extra_outputs)
+    plan = _hard_negatives_and_totals(cache, scale, per_pair, groups, group_ids, mlm_inputs, offsets, device, generator)
+    del cache  # the replays hold the embeddings' gradients, not the embeddings
+    itm_sum, mlm_sum = _replay_with_graph(core, loss_fn, batches, terms, per_pair, generator, reseed, restore,
+                                          offsets=offsets, grads=grads, plan=plan, mlm_inputs=mlm_inputs, device=device)
 
     if "itm" in per_pair:
         values["itm"] = itm_sum
@@ -504,4 +578,4 @@ def grad_cache_step(
         _average_gradients(core)
     ordered = {t: values[t] for t in loss_fn.enabled_terms if t in values}
     total = torch.stack([weights[t] * v.to(device, torch.float32) for t, v in ordered.items()]).sum()
-    return GradCacheOutput(total.detach(), ordered, n)
+    return GradCacheOutput(total.detach(), ordered, int(offsets[-1]))

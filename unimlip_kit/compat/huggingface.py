@@ -51,13 +51,13 @@ class DataCollatorForLanguageModeling(ImageTextMLMCollator):
         self,
         tokenizer: Any,
         mlm: bool = True,
+        *,  # by name only: transformers' own order differs between releases (5.x puts whole_word_mask third)
         mlm_probability: float = 0.15,
         mask_replace_prob: float = 0.8,
         random_replace_prob: float = 0.1,
         pad_to_multiple_of: int | None = None,
         return_tensors: str = "pt",
         seed: int | None = None,
-        *,
         whole_word_mask: bool = False,
         **kwargs: Any,
     ) -> None:

@@ -76,7 +76,7 @@ class ImageDecodeError(ValueError):
 
 
 def image_format(path: str | os.PathLike) -> Literal["dicom", "nifti", "pil"]:
-    """``"dicom"``, ``"nifti"`` or ``"pil"`` from the suffix (and the DICOM magic for suffix-less files).
+    """``"dicom"``, ``"nifti"`` or ``"pil"`` from the suffix (and the DICOM magic for files without an image suffix).
 
     Example:
         >>> image_format("a/b.nii.gz"), image_format("scan.DCM"), image_format("x.png")
@@ -87,7 +87,7 @@ def image_format(path: str | os.PathLike) -> Literal["dicom", "nifti", "pil"]:
         return "nifti"
     if name.endswith(DICOM_SUFFIXES):
         return "dicom"
-    if not Path(name).suffix:
+    if not name.endswith(IMAGE_SUFFIXES):  # no suffix, or not an image's (a DICOM named by its UID, 1.2.840....)
         try:
             with open(path, "rb") as fh:
                 fh.seek(128)

@@ -48,7 +48,8 @@ def _is_image(path: Path) -> bool:
     name = path.name.lower()
     if name.endswith(IMAGE_SUFFIXES):
         return True
-    return not path.suffix and image_format(path) == "dicom"  # DICOM files often have no suffix
+    # DICOM files often have no suffix, or a UID for a name (1.2.840.113619...): the magic bytes say
+    return not name.endswith((".txt", ".csv", ".json", ".jsonl", ".md")) and image_format(path) == "dicom"
 
 
 def source_kind(path: str | os.PathLike | None) -> str:
@@ -208,9 +209,12 @@ def hold_out(records: Sequence[ImageTextRecord], fraction: float, seed: int
              ) -> tuple[list[ImageTextRecord], list[ImageTextRecord]]:
     """``(train, validation)``: a seeded ``fraction`` of the records (at least one, at most all but one) held out.
 
-    Units are groups (``record.group``, else the record alone), so records sharing a group fall on one
-    side. The draw ranks each unit by ``derive_seed(seed, "hold-out", key)`` (BLAKE2b), so it depends on
-    the seed and the ids only, not on the file's row order; both halves keep the original order.
+    Units are groups (``record.group``, e.g. a patient id), else images (the last two parts of the image path:
+    an image with two captions stays on one side), so records sharing a unit fall on one side. Each unit is
+    ranked by ``derive_seed(seed, "hold-out", unit)`` (BLAKE2b), so the split depends on the seed and the
+    units only: not on the rows' order, their positional ids or where the folder is. Units are taken in that
+    order while they bring the held-out count closer to ``fraction · n``; a unit that would overshoot by more
+    than it helps is passed over, so a big group cannot take most of the data.
 
     Example:
         >>> recs = [ImageTextRecord(f"p{i}", Path(f"{i}.png"), "CT.", group=f"pt{i // 2}") for i in range(10)]
@@ -226,17 +230,22 @@ def hold_out(records: Sequence[ImageTextRecord], fraction: float, seed: int
         raise ValueError(f"the held-out fraction must be in (0, 1), got {fraction}")
     units: dict[str, list[int]] = {}
     for i, r in enumerate(records):
-        units.setdefault(r.group or f"\0{r.id}", []).append(i)
+        key = f"group:{r.group}" if r.group else "image:" + "/".join(Path(r.image_path).parts[-2:])
+        units.setdefault(key, []).append(i)
     if len(units) < 2:
         raise ValueError(f"{len(records)} pairs in {len(units)} group(s) cannot be split into training and validation")
     ranked = sorted(units, key=lambda k: derive_seed(seed, "hold-out", k))
-    target = fraction * len(records)
+    target = round(fraction * len(records), 9)  # 0.07 * 100 is 7.000000000000001
     val: set[int] = set()
     for k in ranked:
+        size = len(units[k])
         if len(val) >= target:
             break
-        if len(val) + len(units[k]) <= len(records) - 1:  # training keeps at least one pair
-            val.update(units[k])
+        if len(val) + size > len(records) - 1:  # training keeps at least one pair
+            continue
+        if val and (len(val) + size - target) > (target - len(val)):  # overshoots by more than it closes
+            continue
+        val.update(units[k])
     return ([r for i, r in enumerate(records) if i not in val], [r for i, r in enumerate(records) if i in val])
 
 
@@ -274,8 +283,14 @@ def align_labels(*sources: Sequence[ImageTextRecord]) -> tuple[list[list[ImageTe
     """
     lists = [list(s) for s in sources]
     labelled = [r for s in lists for r in s if r.label >= 0]
-    if not labelled or any("label_name" not in r.meta for r in labelled):
+    named = [r for r in labelled if "label_name" in r.meta]
+    if not named:
         return lists, None  # no labels, or unnamed integer labels: indices are all there is
+    if len(named) < len(labelled):
+        unnamed = next(r for r in labelled if "label_name" not in r.meta)
+        raise ValueError(f"labels mix class names ({named[0].id}: {named[0].meta['label_name']!r}) and bare indices "
+                         f"({unnamed.id}: {unnamed.label}): their indices cannot be compared; label every source by "
+                         f"name, or every one by index")
     names = sorted({r.meta["label_name"] for s in lists for r in s if "label_name" in r.meta})
     index = {n: k for k, n in enumerate(names)}
     out = [[dataclasses.replace(r, label=index[r.meta["label_name"]]) if "label_name" in r.meta else r for r in s]

@@ -94,7 +94,19 @@ def _rows_table(
 
 
 def _rows_jsonl(path: Path, skips: SkipCounter, encoding: str = "utf-8") -> Iterable[Mapping[str, Any]]:
-    for lineno, line in enumerate(read_text_lines(path, encoding=encoding), 1):
+    lines = read_text_lines(path, encoding=encoding)
+    if "".join(lines).lstrip().startswith("["):  # a .json file holding one array of objects, not JSON Lines
+        try:
+            rows = json.loads("\n".join(lines), strict=False)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not a JSON array of objects ({err}); JSON Lines has one object per line") from None
+        for k, row in enumerate(rows):
+            if isinstance(row, dict):
+                yield row
+            else:
+                skips.add(f"{path.name}:item{k}", "bad_row", "not a JSON object")
+        return
+    for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
@@ -233,7 +245,7 @@ def read_jsonl_pairs(
     skips: SkipCounter | None = None,
     encoding: str = "utf-8",
 ) -> list[ImageTextRecord]:
-    """Read a JSON Lines file (one object per line) of image–caption pairs; bad lines are counted.
+    """Read a JSON Lines file (one object per line), or a JSON array of objects, of image–caption pairs; bad lines are counted.
 
     A row lacking the image or caption key, or with a bad label (``2.5``), is a ``bad_row``;
     ``2.0`` is class 2.

@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from unimlip_kit.eval.vqa_data import VQASample, normalize_answer
+from unimlip_kit.utils.optim import cosine_with_warmup, param_groups  # the pre-training schedule, shared
 
 __all__ = [
     "AnswerVocab",
@@ -328,7 +329,6 @@ def train_vqa(
     dev = _device_of(model)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=VQADataset.collate, generator=generator)
     total = epochs * len(loader) if max_steps is None else min(max_steps, epochs * len(loader))
-    from unimlip_kit.train.optim import cosine_with_warmup, param_groups  # the pre-training schedule, shared
 
     opt = torch.optim.AdamW(  # every fine-tuned weight decays (no_decay=None), as VQA fine-tuning always did
         param_groups(model.backbone, weight_decay, lr=lr, no_decay=None)

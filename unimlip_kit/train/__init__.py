@@ -20,8 +20,8 @@ from unimlip_kit.train.config import LOGGERS, AugmentConfig, DataConfig, LossCon
 from unimlip_kit.train.device import log0, resolve_device, setup_distributed
 from unimlip_kit.train.evaluation import (BEST_MODEL, VAL_KEYS, RunData, RunPairs, Validation, evaluate_run, evaluate_run_folder, load_records,
                                          load_run_data, load_run_vqa, read_run_pairs, validate)
-from unimlip_kit.train.optim import (build_optimizer, cosine_with_warmup, default_no_decay, param_groups, resolve_warmup,
-                                     schedule_notes)
+from unimlip_kit.train.optim import (build_optimizer, cosine_with_warmup, default_no_decay, lr_multiplier, param_groups,
+                                     resolve_warmup, schedule_notes)
 from unimlip_kit.train.report import Loggers, plot_losses, summary_table, write_csv
 from unimlip_kit.train.run import (SAFE_RESUME_KEYS, CheckpointWriteError, CorruptCheckpointError, ResumeError,
                                    build_run_model, find_checkpoint, find_weights, verify_checkpoint,
@@ -71,6 +71,7 @@ __all__ = [
     "load_run_tokenizer",
     "load_run_vqa",
     "log0",
+    "lr_multiplier",
     "param_groups",
     "parse_recipe_args",
     "plot_losses",

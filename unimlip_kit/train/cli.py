@@ -95,7 +95,10 @@ FLAGS: dict[str, tuple[Flag, ...]] = {
     "evaluate": (
         Flag("--run-dir", "run_dir", "a recipes/uni_mlip_roco.py run folder"),
         Flag("--checkpoint", "checkpoint", "a checkpoints/step_* folder (default: the last one)"),
-        Flag("--data-root", "data_root", "ROCO-layout folder for retrieval/classification (default: the run's data)"),
+        Flag("--data-root", "data_root", "a table, an image folder or a ROCO folder to evaluate on (default: the run's "
+             "own held-out pairs)"),
+        Flag("--zeroshot-labels", "zeroshot_labels", "classes for zero-shot and the probe: a table's label column or "
+             "'folder' (default: the run's data.label_column)"),
         Flag("--class-names", "class_names", "class names for zero-shot on labelled real data", many=True),
         Flag("--vqa-rad", "vqa_rad", "VQA-RAD JSON (VQA_RAD Dataset Public.json)"),
         Flag("--slake", "slake", "SLAKE folder with train.json, test.json and imgs/"),

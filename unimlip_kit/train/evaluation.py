@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import time
@@ -23,7 +24,7 @@ from typing import Any, NamedTuple, Sequence
 import torch
 import torch.distributed as dist
 
-from unimlip_kit.data import (ImageTextDataset, ImageTextRecord, SkipCounter, align_labels, build_dataloader,
+from unimlip_kit.data import (FOLDER_LABELS, ImageTextDataset, ImageTextRecord, SkipCounter, align_labels, build_dataloader,
                               build_synthetic_dataset, conversion_skips, describe_source, hold_out, open_shards,
                               read_roco, read_shard_metadata, read_source, roco_split_dir, source_kind)
 from unimlip_kit.distributed import get_rank, is_distributed
@@ -83,7 +84,15 @@ def _read_eval_root(cfg: RecipeConfig, skips: SkipCounter) -> tuple[list[Any], s
                                     f"({roco_split_dir(data.eval_root, data.eval_split)}/captions.txt)")
         return (read_roco(data.eval_root, data.eval_split, skips=skips, limit=data.limit_eval),
                 f"the {data.eval_split} split of {data.eval_root}")
-    return read_source(data.eval_root, skips=skips, **_columns(cfg)), f"all of {data.eval_root} ({describe_source(kind)})"
+    columns = _columns(cfg)
+    if kind == "folder" and columns["label_column"] not in (None, FOLDER_LABELS):
+        columns["label_column"] = None  # a table's label column names nothing in a folder: read it unlabelled
+    held = read_source(data.eval_root, skips=skips, **columns)
+    what = f"all of {data.eval_root} ({describe_source(kind)})"
+    if data.limit_eval is not None and len(held) > data.limit_eval:
+        held = seeded_subset(held, data.limit_eval, cfg.seed, "limit_eval")
+        what = f"{len(held)} pairs of {data.eval_root} ({describe_source(kind)}, a seeded data.limit_eval subset)"
+    return held, what
 
 
 class RunPairs(NamedTuple):
@@ -141,17 +150,25 @@ def read_run_pairs(cfg: RecipeConfig, skips: SkipCounter) -> RunPairs:
     if data.eval_root is not None:
         held, info["validation"] = _read_eval_root(cfg, skips)
     elif kind in ("table", "folder"):
-        n = len(train)
-        train, held = hold_out(train, data.val_fraction, cfg.seed)
-        info["validation"] = f"held out: {len(held)} of {n} pairs (data.val_fraction={data.val_fraction}, seed {cfg.seed})"
-        if data.group_column:
+        everything = train
+        train, held = hold_out(everything, data.val_fraction, cfg.seed)
+        info["validation"] = (f"held out: {len(held)} of {len(everything)} pairs (data.val_fraction={data.val_fraction}, "
+                              f"seed {cfg.seed})")
+        if data.group_column and kind == "table":
             info["validation"] += f", by {data.group_column}"
+        if data.limit_eval is not None and len(held) > data.limit_eval:  # the rest trains: no pair is left unused
+            kept = {r.id for r in seeded_subset(held, data.limit_eval, cfg.seed, "limit_eval")}
+            train = [r for r in everything if r.id not in kept]
+            info["validation"] += (f"; {len(kept)} of them evaluated (data.limit_eval), {len(held) - len(kept)} "
+                                   f"returned to training")
+            held = [r for r in held if r.id in kept]
+        if data.limit_train is not None:
+            train = seeded_subset(train, data.limit_train, cfg.seed, "limit_train")
     else:
         held = load_records(cfg, data.eval_split, skips, data.limit_eval)
         info["validation"] = f"the {data.eval_split} split of {data.root or 'the synthetic benchmark'}"
-    if kind in ("table", "folder") and data.limit_train is not None:
-        train = train[: data.limit_train]
-    held = held if data.limit_eval is None else held[: data.limit_eval]
+    if data.eval_root is not None and kind in ("table", "folder") and data.limit_train is not None:
+        train = seeded_subset(train, data.limit_train, cfg.seed, "limit_train")
     (train, held), names = align_labels(train, held)
     return RunPairs(train, held, names, info)
 
@@ -170,7 +187,11 @@ class RunData(NamedTuple):
         eval_skipped: why evaluation cannot run (``None``: it can).
         shards: whether training reads shards.
         class_names: class names by label index for zero-shot (:attr:`RunPairs.class_names`).
-        info: where the pairs came from (:attr:`RunPairs.info`, plus ``skipped_while_converting`` for shards).
+        info: where the pairs came from (:attr:`RunPairs.info`, plus ``skipped_while_converting`` for shards,
+            ``validated_on`` for validation during training).
+        val_records: the pairs validation during training uses (``train.val_every``): ROCO's and the synthetic
+            benchmark's ``validation`` split, so that ``model_best`` is not chosen on the test split; a table's
+            or folder's held-out pairs (they are also the final evaluation's); ``None`` when not validating.
 
     Example:
         >>> RunData([], None, [], [], None, "no eval source", True).eval_skipped
@@ -185,7 +206,8 @@ class RunData(NamedTuple):
     eval_skipped: str | None
     shards: bool
     class_names: list[str] | None = None
-    info: dict[str, Any] = {}
+    info: dict[str, Any] | None = None
+    val_records: list[Any] | None = None
 
 
 def load_run_data(cfg: RecipeConfig, skips: SkipCounter, rank: int = 0, world_size: int = 1) -> RunData:
@@ -232,7 +254,6 @@ def load_run_data(cfg: RecipeConfig, skips: SkipCounter, rank: int = 0, world_si
             info["validation"] = None
         else:
             eval_recs, info["validation"] = _read_eval_root(cfg, skips)
-            eval_recs = eval_recs if data.limit_eval is None else eval_recs[: data.limit_eval]
             (eval_recs,), names = align_labels(eval_recs)
             if source_kind(data.eval_root) == "roco" and _has_split(Path(data.eval_root), data.train_split):
                 probe_recs = read_roco(data.eval_root, data.train_split, skips=skips)
@@ -244,7 +265,16 @@ def load_run_data(cfg: RecipeConfig, skips: SkipCounter, rank: int = 0, world_si
                                   cfg.train.batch_size, seed=cfg.seed, rank=rank, world_size=world_size,
                                   num_workers=data.num_workers, drop_last=True)
     eval_ds = ImageTextDataset(eval_recs, image_size=size, channels=channels, skips=skips)
-    return RunData(train_recs, loader, eval_recs, probe_recs, eval_ds, reason, shards, names, info)
+    val_recs = None
+    if cfg.train.val_every is not None or cfg.train.val_every_minutes is not None:
+        val_recs, info["validated_on"] = eval_recs, f"the evaluation pairs ({info.get('validation')})"
+        kind = info["source"]
+        if kind in ("synthetic", "roco") and data.eval_root is None and data.eval_split != "validation":
+            root = _data_root(cfg) if kind == "synthetic" else Path(data.root)
+            if _has_split(root, "validation"):
+                val_recs = read_roco(root, "validation", skips=skips)
+                info["validated_on"] = f"the validation split of {data.root or 'the synthetic benchmark'}"
+    return RunData(train_recs, loader, eval_recs, probe_recs, eval_ds, reason, shards, names, info, val_recs)
 
 
 def evaluate_run(model: torch.nn.Module, cfg: RecipeConfig, maker: BatchMaker, train_recs: Sequence[Any],
@@ -376,9 +406,11 @@ class Validation:
     """Validation during training: when it is due (``train.val_every`` steps, ``train.val_every_minutes``), on what
     (a seeded subset of ``train.val_pairs`` held-out pairs) and the best model so far (``train.keep_best``).
 
-    The best is the highest ``val_R@1`` in the run's history, so a resumed run knows it from its checkpoint;
-    ``save_best(folder)`` writes the model there (``<run>/model_best/``, a ``from_pretrained`` folder), which
-    is replaced atomically with ``best.json`` (step and metrics) inside it.
+    The best is the highest ``val_R@1`` in the run's history, so a resumed run knows it from its checkpoint (and
+    from ``model_best/best.json``, for validations after the last checkpoint); ``save_best(folder)`` writes the
+    model into a hidden folder that then replaces ``<run>/model_best/`` (a ``from_pretrained`` folder with
+    ``best.json``: step and metrics) by renames, the old best kept until the new one is in place, so a killed
+    run leaves one complete best. ``seconds`` is the time spent validating, which a time budget leaves out.
 
     Example:
         >>> from unimlip_kit.utils import load_config
@@ -389,7 +421,7 @@ class Validation:
     """
 
     def __init__(self, cfg: RecipeConfig, eval_records: Sequence[Any], *, history: Sequence[dict] = (),
-                 save_best: Any = None, run_dir: str | Path | None = None) -> None:
+                 save_best: Any = None, run_dir: str | Path | None = None, resumed: bool = False) -> None:
         t = cfg.train
         self.cfg = cfg
         self.enabled = bool(eval_records) and (t.val_every is not None or t.val_every_minutes is not None)
@@ -397,7 +429,20 @@ class Validation:
         self.best = max((h["val_R@1"] for h in history if "val_R@1" in h), default=float("-inf"))
         self.save_best = save_best if t.keep_best else None
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.seconds = 0.0  # spent validating: the recipe's time budget does not count it
         self._t_last = time.time()
+        if self.run_dir is not None:
+            final, old = self.run_dir / BEST_MODEL, self.run_dir / f".old-{BEST_MODEL}"
+            if old.is_dir() and not final.exists():  # killed between the two renames: the old best is the best
+                os.replace(old, final)
+            shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(self.run_dir / f".tmp-{BEST_MODEL}", ignore_errors=True)
+            best_json = final / "best.json"
+            if resumed and best_json.is_file():  # validated after the last checkpoint: that best stands too
+                try:
+                    self.best = max(self.best, float(json.loads(best_json.read_text())["val_R@1"]))
+                except (OSError, ValueError, KeyError, TypeError):
+                    pass
 
     def due(self, step: int, last: bool) -> bool:
         """Whether to validate after ``step`` (every ``val_every`` steps, after ``val_every_minutes``, and at the end)."""
@@ -410,18 +455,21 @@ class Validation:
     def __call__(self, model: torch.nn.Module, maker: BatchMaker, step: int, skips: SkipCounter | None = None
                  ) -> dict[str, float]:
         """Validate now (:func:`validate`); keep the model as the best when ``val_R@1`` beats every earlier one."""
+        t0 = time.time()
         out = validate(model, maker, self.records, self.cfg, skips)
-        self._t_last = time.time()
         if self.save_best is not None and self.run_dir is not None and out["val_R@1"] > self.best:
-            final, tmp = self.run_dir / BEST_MODEL, self.run_dir / f".tmp-{BEST_MODEL}"
+            final, tmp, old = (self.run_dir / BEST_MODEL, self.run_dir / f".tmp-{BEST_MODEL}",
+                               self.run_dir / f".old-{BEST_MODEL}")
             shutil.rmtree(tmp, ignore_errors=True)
             self.save_best(tmp)
             save_json(tmp / "best.json", {"step": step, **out})
-            old = self.run_dir / f".old-{BEST_MODEL}"
+            shutil.rmtree(old, ignore_errors=True)
             if final.exists():
                 os.replace(final, old)
-            os.replace(tmp, final)
+            os.replace(tmp, final)  # from here on the new best is in place; the old one is removed after
             shutil.rmtree(old, ignore_errors=True)
+        self._t_last = time.time()
+        self.seconds += self._t_last - t0
         self.best = max(self.best, out["val_R@1"])
         return out
 
@@ -458,22 +506,26 @@ def evaluate_run_folder(model: torch.nn.Module, tokenize: Any, rcfg: RecipeConfi
     eval_records: list[Any] = []
     train_records: list[Any] = []
     missing: dict[str, str] = {}
-    run_kind = source_kind(rcfg.data.root)
     kind = source_kind(data_root) if data_root is not None else None
-    synthetic = data_root is None and run_kind == "synthetic"
+    run_kind = source_kind(rcfg.data.root) if data_root is None else None  # the run's data only when it is used
+    synthetic = data_root is None and run_kind == "synthetic" and rcfg.data.eval_root is None
     names: list[str] | None = None
     root: Any = data_root
     if kind == "shards" or (kind is None and run_kind == "shards" and rcfg.data.eval_root is None):
         raise ValueError(f"{data_root or rcfg.data.root} is shards; evaluation reads image files: pass --data-root "
                          f"with a table, an image folder or a ROCO folder")
     if kind is None and (run_kind in ("table", "folder", "shards") or rcfg.data.eval_root is not None):
-        if run_kind == "shards":  # the shards' own evaluation source
-            eval_records, _ = _read_eval_root(rcfg, skips)
+        if run_kind == "shards":  # the shards' own evaluation source, and ROCO's training split for the probe
+            eval_records, root = _read_eval_root(rcfg, skips)
             (eval_records,), names = align_labels(eval_records)
+            ev = rcfg.data.eval_root
+            if "linear_probe" in tasks and source_kind(ev) == "roco" and _has_split(Path(ev), rcfg.data.train_split):
+                train_records = read_roco(ev, rcfg.data.train_split, skips=skips)
+            elif "linear_probe" in tasks:
+                missing["linear_probe"] = f"{ev} has no training split to train the probe on (the run read shards)"
         else:
             train_records, eval_records, names, info = read_run_pairs(rcfg, skips)
             root = info["validation"]
-        root = root or rcfg.data.eval_root
     elif kind in ("table", "folder"):
         (eval_records,), names = align_labels(read_source(data_root, skips=skips, **_columns(rcfg)))
         if "linear_probe" in tasks:

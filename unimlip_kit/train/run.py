@@ -77,7 +77,7 @@ SAFE_RESUME_KEYS = (
     "train.max_steps", "train.log_every", "train.ckpt_every", "train.ckpt_every_minutes", "train.keep_checkpoints",
     "train.loggers",
     "train.wandb_project", "progress", "device", "threads", "output_dir", "data.num_workers", "data.cache_dir",
-    "data.eval_root", "data.vqa", "train.val_every", "train.val_every_minutes", "train.val_pairs", "train.keep_best",
+    "data.eval_root", "data.vqa", "data.label_column", "train.val_every", "train.val_every_minutes", "train.val_pairs", "train.keep_best",
     "eval.*",
 )
 #: Keys the recipe sets from the tokenizer: kept from the saved config on resume, never compared.
@@ -227,6 +227,8 @@ def resume_config(run_dir: str | Path, overrides: Sequence[str] = (), config_fil
         given += fix  # after the file's own relative tokenizer path
     given += list(overrides)
     new = config_from_dict(RecipeConfig, apply_overrides(config_to_dict(saved), given, RecipeConfig))
+    if new.train.warmup_steps is None:  # "5% of max_steps": the run saved the number it resolved, which stays
+        new.train = dataclasses.replace(new.train, warmup_steps=saved.train.warmup_steps)
     old_flat = _leaves(_flatten(config_to_dict(saved), RecipeConfig))
     new_flat = _leaves(_flatten(config_to_dict(new), RecipeConfig))
     keys = list(old_flat) + [k for k in new_flat if k not in old_flat]
@@ -234,7 +236,9 @@ def resume_config(run_dir: str | Path, overrides: Sequence[str] = (), config_fil
                if old_flat.get(k) != new_flat.get(k) and k not in DERIVED_KEYS and k != "output_dir"}
     refused = {k: v for k, v in changed.items() if not any(fnmatch(k, pat) for pat in safe)}
     if None in changed.get("data.eval_root", (0, 0)) and _holds_out(saved.data.root):
-        refused["data.eval_root"] = changed["data.eval_root"]  # a table's own hold-out would join or leave training
+        # a table's own hold-out would join or leave the training set
+        refused["data.eval_root (switching between --val-data and the hold-out of a table or folder changes the "
+                "training set)"] = changed["data.eval_root"]
     if refused:
         listed = ", ".join(f"{k} (saved {a!r}, given {b!r})" for k, (a, b) in refused.items())
         raise ResumeError(
