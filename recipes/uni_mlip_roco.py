@@ -149,8 +149,9 @@ def train_and_evaluate(cfg: RecipeConfig, ckpt: Path | None, resuming: bool, dev
     if len(loader) == 0:
         raise ValueError(f"{len(train_recs)} training pairs make no full batch of {cfg.train.batch_size} per rank "
                          f"(world size {world}); lower train.batch_size")
-    log0(f"[data] {len(train_recs)} train / {len(eval_recs)} held-out pairs from {cfg.data.root or 'the synthetic benchmark'}"
-         f" ({describe_source(data.info['source'])}); vocab {len(tokenizer)}; world size {world}; device {device}")
+    source = f"{cfg.data.root} ({describe_source(data.info['source'])})" if cfg.data.root else "the synthetic benchmark"
+    log0(f"[data] {len(train_recs)} train / {len(eval_recs)} held-out pairs from {source}; vocab {len(tokenizer)}; "
+         f"world size {world}; device {device}")
     if data.info.get("validation"):
         log0(f"[data] evaluation pairs: {data.info['validation']}")
     if data.class_names:
