@@ -335,3 +335,29 @@ def test_a_json_array_table_is_read_as_rows(tmp_path, csv_of_pngs):
     table.write_text(json.dumps([{"image": r["file"], "caption": r["text"]} for r in rows] + ["junk"]))
     c = SkipCounter()
     assert [r.caption for r in read_source(table, skips=c)] == [r["text"] for r in rows] and c.counts() == {"bad_row": 1}
+
+
+def test_read_vqa_source_tells_vqa_rad_slake_and_a_generic_list_apart(tmp_path):
+    """--vqa FILE: the three layouts, each split as its own convention says, answers as written (normalised)."""
+    from unimlip_kit.eval import read_vqa_source
+
+    rad = tmp_path / "rad.json"
+    rad.write_text(json.dumps([{"qid": k, "image_name": "a.jpg", "question": "Is it normal?", "answer": ans,
+                                "answer_type": "CLOSED", "phrase_type": phrase}
+                               for k, (ans, phrase) in enumerate([("Yes", "freeform"), ("No", "para"), ("No", "test_freeform")])]))
+    train, test = read_vqa_source(rad)
+    assert [s.answer for s in train] == ["yes", "no"] and [s.answer for s in test] == ["no"]
+    slake = tmp_path / "slake"
+    slake.mkdir()
+    for split, n in (("train", 3), ("test", 2)):
+        rows = [{"qid": f"{split}{k}", "img_name": "x/source.jpg", "question": "Which organ?", "answer": "Liver",
+                 "answer_type": "OPEN", "q_lang": lang} for k in range(n) for lang in ("en", "zh")]
+        (slake / f"{split}.json").write_text(json.dumps(rows))
+    train, test = read_vqa_source(slake)
+    assert (len(train), len(test)) == (3, 2) and {s.split for s in train} == {"train"}  # English questions only
+    generic = tmp_path / "qa.json"
+    generic.write_text(json.dumps([{"image": "a.png", "question": "Left or right?", "answer": "left", "split": s}
+                                   for s in ("train", "train", "test", "other")]))
+    assert [len(x) for x in read_vqa_source(generic)] == [2, 1]
+    with pytest.raises(FileNotFoundError, match="SLAKE layout"):
+        read_vqa_source(tmp_path)

@@ -22,8 +22,8 @@ from unimlip_kit.data.shards import (ShardInfo, ShardLoader, conversion_skips, i
 # Synthetic-generator internals (SceneSpec, render_scene, generate_samples, ...) are importable here for older
 # code but not public: use SyntheticConfig + build_synthetic_dataset / load_synthetic_records.
 from unimlip_kit.data.synth_render import SceneSpec, render_scene  # noqa: F401
-from unimlip_kit.data.sources import (FOLDER_LABELS, SOURCE_KINDS, TABLE_SUFFIXES, align_labels, class_names,
-                                      describe_source, hold_out, read_image_folder, read_source, source_kind)
+from unimlip_kit.data.sources import (FOLDER_LABELS, SOURCE_KINDS, TABLE_SUFFIXES, align_labels, describe_source,
+                                      hold_out, read_image_folder, read_source, source_kind)
 from unimlip_kit.data.synthetic import (
     FINDING_CLASSES,
     GENERATOR_VERSION,
@@ -73,7 +73,6 @@ __all__ = [
     "axis_codes",
     "build_dataloader",
     "build_synthetic_dataset",
-    "class_names",
     "collate_image_text",
     "conversion_skips",
     "default_cache_dir",

@@ -33,7 +33,7 @@ from unimlip_kit.data.skips import SkipCounter
 from unimlip_kit.data.tabular import read_pairs
 from unimlip_kit.data.textfile import read_text_lines
 
-__all__ = ["FOLDER_LABELS", "SOURCE_KINDS", "TABLE_SUFFIXES", "align_labels", "class_names", "describe_source", "hold_out",
+__all__ = ["FOLDER_LABELS", "SOURCE_KINDS", "TABLE_SUFFIXES", "align_labels", "describe_source", "hold_out",
            "read_image_folder", "read_source", "source_kind"]
 
 #: What a data source can be (``synthetic`` is ``data.root=None``).
@@ -247,23 +247,6 @@ def hold_out(records: Sequence[ImageTextRecord], fraction: float, seed: int
             continue
         val.update(units[k])
     return ([r for i, r in enumerate(records) if i not in val], [r for i, r in enumerate(records) if i in val])
-
-
-def class_names(records: Sequence[ImageTextRecord]) -> list[str] | None:
-    """The class names of records whose labels came from names (``meta["label_name"]``), by index; else ``None``.
-
-    Example:
-        >>> recs = [ImageTextRecord("a", Path("a.png"), "x", 1, meta={"label_name": "normal"}),
-        ...         ImageTextRecord("b", Path("b.png"), "y", 0, meta={"label_name": "effusion"})]
-        >>> class_names(recs)
-        ['effusion', 'normal']
-    """
-    named = {r.label: r.meta["label_name"] for r in records if r.label >= 0 and "label_name" in r.meta}
-    if not named or any(r.label >= 0 and "label_name" not in r.meta for r in records):
-        return None
-    if sorted(named) != list(range(len(named))):  # an index with no name in between: not a name table
-        return None
-    return [named[k] for k in range(len(named))]
 
 
 def align_labels(*sources: Sequence[ImageTextRecord]) -> tuple[list[list[ImageTextRecord]], list[str] | None]:

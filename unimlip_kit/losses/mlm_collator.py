@@ -67,8 +67,8 @@ def _is_integer_label(label: Any) -> bool:
 def _checked_samples(samples: Sequence[Any]) -> list[Any]:
     """Dataset samples as the default collate needs them, or a ValueError / TypeError naming the first bad one.
 
-    Kept samples are shallow copies with ``"id"`` set to ``""`` where absent and a ``None`` label removed
-    (the collate then records −1); skipped samples pass through.
+    Kept samples pass through, a ``None`` label removed (the collate then records −1; it also gives a sample
+    without an id ``""``); skipped samples pass through.
     """
     if isinstance(samples, (str, bytes, Mapping)) or not isinstance(samples, Sequence):
         raise TypeError(f"the collator takes a list of samples, got {type(samples).__name__}")
@@ -113,11 +113,9 @@ def _checked_samples(samples: Sequence[Any]) -> list[Any]:
         if label is not None and not _is_integer_label(label):
             raise ValueError(f"sample {i}: 'label' must be an integer class index (-1 or None when unknown), "
                              f"got {label!r}")
-        fixed = dict(s)
-        fixed.setdefault("id", "")
-        if label is None:
-            fixed.pop("label", None)
-        out.append(fixed)
+        if label is None:  # unknown: the collate records -1 for a sample without a label
+            s = {k: v for k, v in s.items() if k != "label"}
+        out.append(s)
     return out
 
 

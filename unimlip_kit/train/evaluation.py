@@ -162,12 +162,10 @@ def read_run_pairs(cfg: RecipeConfig, skips: SkipCounter) -> RunPairs:
             info["validation"] += (f"; {len(kept)} of them evaluated (data.limit_eval), {len(held) - len(kept)} "
                                    f"returned to training")
             held = [r for r in held if r.id in kept]
-        if data.limit_train is not None:
-            train = seeded_subset(train, data.limit_train, cfg.seed, "limit_train")
     else:
         held = load_records(cfg, data.eval_split, skips, data.limit_eval)
         info["validation"] = f"the {data.eval_split} split of {data.root or 'the synthetic benchmark'}"
-    if data.eval_root is not None and kind in ("table", "folder") and data.limit_train is not None:
+    if kind in ("table", "folder") and data.limit_train is not None:  # after the hold-out: it never moves the split
         train = seeded_subset(train, data.limit_train, cfg.seed, "limit_train")
     (train, held), names = align_labels(train, held)
     return RunPairs(train, held, names, info)
