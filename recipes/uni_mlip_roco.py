@@ -65,7 +65,7 @@ from unimlip_kit.distributed import get_rank, get_world_size, is_distributed
 from unimlip_kit.eval import format_table
 from unimlip_kit.losses import DEFAULT_WEIGHTS, UniMlipLoss
 from unimlip_kit.models.hub import Preprocessing
-from unimlip_kit.train import (BEST_MODEL, BatchMaker, Loggers, NonFiniteLossError, RecipeConfig, StepOutput, TrainParts,
+from unimlip_kit.train import (BatchMaker, Loggers, NonFiniteLossError, RecipeConfig, StepOutput, TrainParts,
                                Validation, build_optimizer, build_run_model, evaluate_run,
                                find_checkpoint, load_recipe_config, load_run_data, load_run_tokenizer, load_run_vqa, log0,
                                parse_recipe_args, plot_losses, prepare_tokenizer, resolve_warmup, restore_checkpoint,
@@ -224,20 +224,8 @@ def train_and_evaluate(cfg: RecipeConfig, ckpt: Path | None, resuming: bool, dev
                             run_dir=run_dir if rank == 0 else None, resumed=ckpt is not None,
                             save_best=lambda folder: model.save_pretrained(folder, tokenizer=tokenizer,
                                                                            preprocessing=preprocessing))
-    if validation.enabled:
-        t = cfg.train
-        when = ([f"{t.val_every} steps"] if t.val_every is not None else []) + \
-            ([f"{t.val_every_minutes:g} min"] if t.val_every_minutes is not None else [])
-        log0(f"[val] on {len(validation.records)} pairs of {data.info['validated_on']} every {' or '.join(when)}"
-             + (f"; the best model is kept in {run_dir / BEST_MODEL}" if t.keep_best else ""))
-        if len(validation.records) < 10:
-            log0(f"[val] note: {len(validation.records)} validation pairs make a coarse R@1 (steps of "
-                 f"{1 / max(1, len(validation.records)):.2f}); hold out more (data.val_fraction) for a useful one")
-    elif cfg.train.val_every is not None or cfg.train.val_every_minutes is not None:
-        log0("[val] no held-out pairs: no validation during training")
-    if cfg.train.keep_best and not validation.enabled:
-        log0("[val] note: train.keep_best keeps the best validated model, but this run does not validate "
-             "(set --val-every or train.val_every_minutes)")
+    for line in validation.notes(data.info.get("validated_on", "")):
+        log0(line)
 
     # ---- train
     model.train()

@@ -442,6 +442,32 @@ class Validation:
                 except (OSError, ValueError, KeyError, TypeError):
                     pass
 
+    def notes(self, where: str = "") -> list[str]:
+        """What the run logs before training: when and on what it validates, and what is unusual about it.
+
+        Example:
+            >>> from unimlip_kit.utils import load_config
+            >>> Validation(load_config(RecipeConfig, None, ["train.keep_best=true"]), []).notes()
+            ['[val] note: train.keep_best keeps the best validated model, but this run does not validate (set --val-every or train.val_every_minutes)']
+        """
+        t = self.cfg.train
+        asked = t.val_every is not None or t.val_every_minutes is not None
+        out = []
+        if self.enabled:
+            when = ([f"{t.val_every} steps"] if t.val_every is not None else []) + \
+                ([f"{t.val_every_minutes:g} min"] if t.val_every_minutes is not None else [])
+            kept = f"; the best model is kept in {self.run_dir / BEST_MODEL}" if t.keep_best and self.run_dir else ""
+            out.append(f"[val] on {len(self.records)} pairs of {where} every {' or '.join(when)}{kept}")
+            if len(self.records) < 10:
+                out.append(f"[val] note: {len(self.records)} validation pairs make a coarse R@1 (steps of "
+                           f"{1 / max(1, len(self.records)):.2f}); hold out more (data.val_fraction) for a useful one")
+        elif asked:
+            out.append("[val] no held-out pairs: no validation during training")
+        if t.keep_best and not self.enabled:
+            out.append("[val] note: train.keep_best keeps the best validated model, but this run does not validate "
+                       "(set --val-every or train.val_every_minutes)")
+        return out
+
     def due(self, step: int, last: bool) -> bool:
         """Whether to validate after ``step`` (every ``val_every`` steps, after ``val_every_minutes``, and at the end)."""
         if not self.enabled:
